@@ -1,0 +1,83 @@
+"""Frozen, self-checking option objects.
+
+``S3Options`` says how to reach an S3-compatible store; ``StreamOptions`` says how hard a worker
+reads ahead and how widely it mixes shards. Both are immutable ``msgspec.Struct`` values whose
+``__post_init__`` checks cross-field rules and raises :class:`~streaming_wds.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class S3Options(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach S3 or an S3-compatible store.
+
+    Attributes:
+        profile: A named profile from the AWS config files; ``None`` uses boto3's normal
+            credential chain (environment, config files, instance roles).
+        endpoint_url: Endpoint of an S3-compatible store (MinIO, R2, Ceph, a local server).
+        region: Region name; ``None`` lets boto3 decide.
+        anonymous: Send unsigned requests (public buckets). Never used as a silent fallback.
+        max_pool_connections: Size of the HTTP connection pool; ``None`` sizes it to the
+            download threads.
+    """
+
+    profile: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+    max_pool_connections: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.anonymous and self.profile is not None:
+            raise ConfigError(
+                "S3Options: anonymous=True sends unsigned requests, so a profile "
+                f"({self.profile!r}) would be ignored; pass one or the other"
+            )
+        if self.max_pool_connections is not None and self.max_pool_connections < 1:
+            raise ConfigError("S3Options: max_pool_connections must be at least 1")
+
+
+class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How a DataLoader worker reads, buffers and mixes its shards.
+
+    Memory per worker is bounded by ``buffer_bytes`` (but always allows one chunk per open
+    shard, so that every open shard can make progress) plus ``interleave * shuffle_block``
+    parsed samples.
+
+    Attributes:
+        interleave: Shards a worker reads concurrently and mixes samples from when shuffling
+            (``shuffle=False`` always reads one shard at a time, in order). 16 gives about 14
+            distinct shards per batch of 32.
+        shuffle_block: Samples read together from one shard and permuted when shuffling.
+        prefetch: Upcoming shards opened (and downloaded into the buffer) ahead of use.
+        max_workers: Download threads per worker.
+        chunk_size: Bytes per ranged read.
+        readahead: Chunks per open shard requested ahead of the reader.
+        buffer_bytes: Budget of downloaded-but-unparsed bytes per worker.
+    """
+
+    interleave: int = 16
+    shuffle_block: int = 8
+    prefetch: int = 2
+    max_workers: int = 8
+    chunk_size: int = 2 * MiB
+    readahead: int = 2
+    buffer_bytes: int = 128 * MiB
+
+    def __post_init__(self) -> None:
+        for name in ("interleave", "shuffle_block", "max_workers", "chunk_size", "readahead"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"StreamOptions: {name} must be at least 1, got {getattr(self, name)}")
+        if self.prefetch < 0:
+            raise ConfigError(f"StreamOptions: prefetch must be >= 0, got {self.prefetch}")
+        if self.buffer_bytes < self.chunk_size:
+            raise ConfigError(
+                f"StreamOptions: buffer_bytes ({self.buffer_bytes}) must be at least chunk_size "
+                f"({self.chunk_size}); lower chunk_size or raise buffer_bytes"
+            )

@@ -1,0 +1,115 @@
+"""The exceptions streaming-wds raises, in one place.
+
+Hierarchy::
+
+    StreamingWDSError                      base of everything raised on purpose
+    ├── ConfigError (ValueError)           bad arguments, caught at construction
+    ├── PlanningError (ValueError)         shards cannot be split over the consumers
+    ├── StorageError                       a store could not be listed, read or written
+    │   ├── NoShardsError (FileNotFoundError)    no ``*.tar`` under the location
+    │   └── ShardNotFoundError (FileNotFoundError)  a listed shard vanished
+    ├── DataError                          bad content; ``on_error="skip"`` counts these
+    │   ├── ShardFormatError               corrupt or truncated tar (shard, byte offset)
+    │   └── SampleError                    a sample is unusable (shard, offset, key)
+    │       ├── MissingFieldError (KeyError)   a schema field is absent (… and field)
+    │       └── DecodeError                    a field failed to decode (… and field)
+    └── CheckpointError (ValueError)       a state dict does not fit this dataset/loader
+
+Every message names the shard URL, and where it applies the byte offset of the tar header, the
+sample key and the field.
+"""
+
+from __future__ import annotations
+
+
+class StreamingWDSError(Exception):
+    """Base class of every error streaming-wds raises on purpose."""
+
+
+class ConfigError(StreamingWDSError, ValueError):
+    """An argument or option is invalid; raised when the object is built."""
+
+
+class PlanningError(StreamingWDSError, ValueError):
+    """The shards cannot be assigned to the (rank, worker) consumers."""
+
+
+class StorageError(StreamingWDSError):
+    """A store could not be listed, read or written."""
+
+
+class NoShardsError(StorageError, FileNotFoundError):
+    """No ``*.tar`` object was found directly under the location."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"no *.tar shards found directly under {location!r}")
+        self.location = location
+
+
+class ShardNotFoundError(StorageError, FileNotFoundError):
+    """A shard that was listed could not be found when read."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"shard not found: {url}")
+        self.url = url
+
+
+class DataError(StreamingWDSError):
+    """Bad shard content. Under ``on_error="skip"`` these are skipped and counted."""
+
+    #: Key of the counter in :attr:`StreamingWebDataset.error_counts`.
+    kind = "data"
+
+
+class ShardFormatError(DataError):
+    """A shard is not a valid tar archive (corrupt header, truncation, unsupported member)."""
+
+    kind = "shard_format"
+
+    def __init__(self, url: str, offset: int, reason: str) -> None:
+        super().__init__(f"{url} at byte {offset}: {reason}")
+        self.url = url
+        self.offset = offset
+        self.reason = reason
+
+
+class SampleError(DataError):
+    """A sample is unusable (for example two members with the same field)."""
+
+    kind = "sample"
+
+    def __init__(self, url: str, offset: int, key: str, reason: str) -> None:
+        super().__init__(f"{url} at byte {offset}, sample {key!r}: {reason}")
+        self.url = url
+        self.offset = offset
+        self.key = key
+        self.reason = reason
+
+
+class MissingFieldError(SampleError, KeyError):
+    """A field named in the schema is absent from a sample."""
+
+    kind = "missing_field"
+
+    def __init__(self, url: str, offset: int, key: str, field: str, present: list[str]) -> None:
+        super().__init__(url, offset, key, f"missing field {field!r} (sample has {present})")
+        self.field = field
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class DecodeError(SampleError):
+    """A field could not be decoded by its schema decoder."""
+
+    kind = "decode"
+
+    def __init__(self, url: str, offset: int, key: str, field: str, cause: BaseException) -> None:
+        super().__init__(
+            url, offset, key, f"field {field!r} failed to decode: {type(cause).__name__}: {cause}"
+        )
+        self.field = field
+
+
+class CheckpointError(StreamingWDSError, ValueError):
+    """A state dict cannot be applied: wrong version, or made for other data or topology."""

@@ -1,0 +1,159 @@
+"""Bounded read-ahead: ranged reads of open shards on a thread pool, within a byte budget.
+
+A :class:`Fetcher` belongs to one epoch of one consumer. Every :class:`ShardReader` it opens
+reads its shard sequentially in ``chunk_size`` ranges and keeps up to ``readahead`` ranges
+requested ahead. All bookkeeping happens on the consumer's thread; pool threads only run
+``Storage.read_range``, and their exceptions travel back through the futures. What the output
+contains never depends on which download finishes first.
+"""
+
+from __future__ import annotations
+
+import collections
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .config import StreamOptions
+from .errors import ShardFormatError
+from .storage.base import ObjectInfo, Storage
+
+
+class Fetcher:
+    """Owns the download threads and the byte budget of one consumer's epoch."""
+
+    def __init__(self, storage: Storage, options: StreamOptions) -> None:
+        self.storage = storage
+        self.options = options
+        self.charged = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._readers: list[ShardReader] = []
+
+    def open(self, info: ObjectInfo, start: int = 0) -> ShardReader:
+        """A reader of ``info`` from byte ``start``; its first ranges are requested at once."""
+        reader = ShardReader(self, info, start)
+        self._readers.append(reader)
+        reader.top_up()
+        return reader
+
+    def submit(self, name: str, start: int, stop: int) -> Future[bytes]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="swds-fetch")
+        return self._pool.submit(self.storage.read_range, name, start, stop)
+
+    def can_charge(self, nbytes: int) -> bool:
+        return self.charged + nbytes <= self.options.buffer_bytes
+
+    def pump(self) -> None:
+        """Request more ranges for every open reader, oldest first, as the budget allows."""
+        for reader in self._readers:
+            reader.top_up()
+
+    def forget(self, reader: ShardReader) -> None:
+        self._readers.remove(reader)
+
+    def close(self) -> None:
+        """Cancel pending downloads and join every thread."""
+        for reader in list(self._readers):
+            reader.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class ShardReader:
+    """Sequential reads of one shard, fed by ranged downloads requested ahead."""
+
+    def __init__(self, fetcher: Fetcher, info: ObjectInfo, start: int) -> None:
+        self.fetcher = fetcher
+        self.info = info
+        self._next_fetch = start
+        self._pending: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
+        self._buf = b""
+        self._buf_start = start
+        self._pos = 0
+        self._closed = False
+
+    def tell(self) -> int:
+        """Absolute offset of the next byte :meth:`read` returns."""
+        return self._buf_start + self._pos
+
+    def top_up(self) -> None:
+        opts = self.fetcher.options
+        size = self.info.size
+        while not self._closed and self._next_fetch < size and len(self._pending) < opts.readahead:
+            n = min(opts.chunk_size, size - self._next_fetch)
+            # One range per reader is always allowed, so every open shard can progress.
+            if self._pending and not self.fetcher.can_charge(n):
+                break
+            fut = self.fetcher.submit(self.info.name, self._next_fetch, self._next_fetch + n)
+            self._pending.append((self._next_fetch, n, fut))
+            self.fetcher.charged += n
+            self._next_fetch += n
+
+    def _next_chunk(self) -> bool:
+        self.fetcher.charged -= len(self._buf)
+        self._buf_start += len(self._buf)
+        self._buf, self._pos = b"", 0
+        if not self._pending:
+            self.top_up()
+            if not self._pending:
+                return False
+        start, n, fut = self._pending.popleft()
+        try:
+            data = fut.result()
+        except BaseException:
+            self.fetcher.charged -= n
+            raise
+        if len(data) != n:
+            self.fetcher.charged -= n
+            raise ShardFormatError(
+                self.info.url,
+                start + len(data),
+                f"object ended after {start + len(data)} bytes but was listed with "
+                f"{self.info.size} (changed since listing?)",
+            )
+        self._buf, self._buf_start = data, start
+        self.fetcher.pump()
+        return True
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the shard."""
+        end = self._pos + n
+        if end <= len(self._buf):
+            out = self._buf[self._pos : end]
+            self._pos = end
+            return out
+        parts = [self._buf[self._pos :]]
+        need = n - len(parts[0])
+        self._pos = len(self._buf)
+        while need > 0 and self._next_chunk():
+            take = min(need, len(self._buf))
+            parts.append(self._buf[:take])
+            self._pos = take
+            need -= take
+        return b"".join(parts)
+
+    def skip(self, n: int) -> int:
+        """Skip up to ``n`` bytes; returns how many were skipped."""
+        done = 0
+        while done < n:
+            avail = len(self._buf) - self._pos
+            if avail == 0:
+                if not self._next_chunk():
+                    break
+                continue
+            take = min(avail, n - done)
+            self._pos += take
+            done += take
+        return done
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _, n, fut in self._pending:
+            fut.cancel()
+            self.fetcher.charged -= n
+        self._pending.clear()
+        self.fetcher.charged -= len(self._buf)
+        self._buf = b""
+        self.fetcher.forget(self)

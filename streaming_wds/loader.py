@@ -1,0 +1,165 @@
+"""``StreamingDataLoader``: torchdata's ``StatefulDataLoader`` with epochs driven from the main process.
+
+Checkpoint (version 1), a plain JSON-serialisable dict::
+
+    {
+      "streaming_wds": 1,          # checkpoint format version
+      "epoch": 3,                  # epoch of the iteration the state was taken in
+      "num_workers": 4, "rank": 0, "world_size": 8,
+      "fingerprint": "…", "seed": 0, "shuffle": true,
+      "loader": {…}                # StatefulDataLoader's state; worker states are
+                                   # streaming_wds.checkpoint.ConsumerState dicts
+    }
+
+Restoring a state taken after an epoch ended starts the next epoch (a plain
+``StatefulDataLoader`` would replay the same epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from .dataset import StreamingWebDataset
+from .errors import CheckpointError
+from .world import distributed_rank_world
+
+FORMAT_KEY = "streaming_wds"
+VERSION = 1
+
+
+class StreamingDataLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` for :class:`StreamingWebDataset` with exact mid-epoch resume.
+
+    Each ``iter(loader)`` is a new epoch (0, 1, 2, … unless restored): the loader sets it on the
+    dataset in the main process, so it holds with and without ``persistent_workers``. Shards are
+    listed once, in the main process, before workers start.
+
+    Args:
+        dataset: The dataset to load.
+        **kwargs: Passed to ``StatefulDataLoader`` (``batch_size``, ``num_workers``,
+            ``collate_fn``, ``persistent_workers``, ``multiprocessing_context``, …).
+    """
+
+    def __init__(self, dataset: StreamingWebDataset, **kwargs: Any) -> None:
+        if not isinstance(dataset, StreamingWebDataset):
+            raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
+        super().__init__(dataset, **kwargs)
+        self._swds_epoch = 0
+        self._swds_epoch_used = False
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the current iteration (or of the next, before any)."""
+        return self._swds_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` epoch ``epoch``."""
+        self._swds_epoch = epoch
+        self._swds_epoch_used = False
+
+    def _swds_dataset(self) -> StreamingWebDataset:
+        ds = self.dataset
+        assert isinstance(ds, StreamingWebDataset)
+        return ds
+
+    def _prepare(self) -> None:
+        ds = self._swds_dataset()
+        _ = ds.shards  # list once here, so workers inherit the listing
+        if ds.rank is None:
+            ds.bind_world(*distributed_rank_world())
+        ds.set_epoch(self._swds_epoch)
+
+    def _get_iterator(self) -> Any:
+        self._prepare()
+        return super()._get_iterator()
+
+    def __iter__(self) -> Any:
+        if self._initial_iter_for_state_dict:
+            # state_dict() already built this epoch's iterator
+            self._swds_epoch_used = True
+            return super().__iter__()
+        if self._swds_epoch_used:
+            self._swds_epoch += 1
+        self._swds_epoch_used = True
+        self._prepare()
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: JSON-serialisable, positions only (see the module docstring)."""
+        if self._iterator is None:
+            self._prepare()
+        inner = super().state_dict()
+        ds = self._swds_dataset()
+        rank, world_size = self._rank_world()
+        return {
+            FORMAT_KEY: VERSION,
+            "epoch": self._swds_epoch,
+            "num_workers": self.num_workers,
+            "rank": rank,
+            "world_size": world_size,
+            "fingerprint": ds.fingerprint,
+            "seed": ds.seed,
+            "shuffle": ds.shuffle,
+            "loader": inner,
+        }
+
+    def _rank_world(self) -> tuple[int, int]:
+        ds = self._swds_dataset()
+        if ds.rank is not None and ds.world_size is not None:
+            return ds.rank, ds.world_size
+        return distributed_rank_world()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from ``state_dict`` at the next ``iter()``.
+
+        Raises:
+            CheckpointError: If the state is not a streaming-wds checkpoint of this version, or was
+                taken with other shards, seed, shuffle, ``num_workers`` or ranks.
+        """
+        if not isinstance(state_dict, dict) or FORMAT_KEY not in state_dict:
+            raise CheckpointError("not a streaming-wds loader checkpoint (no 'streaming_wds' key)")
+        if state_dict[FORMAT_KEY] != VERSION:
+            raise CheckpointError(
+                f"checkpoint version {state_dict[FORMAT_KEY]!r} is not supported (this version reads {VERSION})"
+            )
+        ds = self._swds_dataset()
+        rank, world_size = self._rank_world()
+        expected = {
+            "num_workers": self.num_workers,
+            "rank": rank,
+            "world_size": world_size,
+            "fingerprint": ds.fingerprint,
+            "seed": ds.seed,
+            "shuffle": ds.shuffle,
+        }
+        problems = [
+            f"{k}: checkpoint has {state_dict.get(k)!r}, this run has {v!r}"
+            for k, v in expected.items()
+            if state_dict.get(k) != v
+        ]
+        if problems:
+            raise CheckpointError("checkpoint does not match this loader: " + "; ".join(problems))
+        inner = state_dict["loader"]
+        epoch = int(state_dict["epoch"])
+        if inner.get("_iterator_finished", False):
+            super().load_state_dict({})
+            self.set_epoch(epoch + 1)
+        else:
+            super().load_state_dict(inner)
+            self.set_epoch(epoch)
+
+    def error_counts(self) -> dict[str, int]:
+        """Samples and shards skipped under ``on_error="skip"`` this epoch, summed over workers,
+        as of the last batch yielded."""
+        inner = super().state_dict() if self._iterator is not None else {}
+        if "_snapshot" in inner:
+            states = [w.get("dataset_state") for w in inner["_snapshot"]["_worker_snapshots"].values()]
+        else:
+            states = [inner.get("dataset_state")]
+        total: dict[str, int] = {}
+        for st in states:
+            for kind, n in ((st or {}).get("errors") or {}).items():
+                total[kind] = total.get(kind, 0) + n
+        return total

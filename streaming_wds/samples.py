@@ -1,0 +1,99 @@
+"""Group tar members into samples by webdataset's key convention.
+
+A member ``dir/k1.seg.png`` belongs to sample key ``dir/k1`` as field ``seg.png``: the key is the
+path up to the first dot of the basename, the field is the rest, lowercased. Consecutive members
+with the same key form one sample. Top-level names like ``__index__`` are metadata and skipped
+(as webdataset does). A member without an extension, or a field seen twice in one sample, gives a
+sample carrying an error; the consumer raises it or, under the skip policy, counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .tar import Member, TarReader
+
+log = logging.getLogger(__name__)
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """``(key, field)`` of a member path, or ``None`` if its basename has no extension."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot <= slash + 1:
+        return None
+    return name[:dot], name[dot + 1 :].lower()
+
+
+def is_meta(name: str) -> bool:
+    """Whether a member is webdataset metadata (``__name__`` at the top level)."""
+    head = name.split("/", 1)[0]
+    return len(head) > 4 and head.startswith("__") and head.endswith("__")
+
+
+@dataclass(slots=True)
+class RawSample:
+    """A sample's undecoded fields, where it starts in the shard, and any grouping error."""
+
+    key: str
+    offset: int
+    fields: dict[str, bytes] = field(default_factory=dict)
+    error: str | None = None
+
+
+class SampleReader:
+    """Reads whole samples from a :class:`TarReader`, keeping one member of look-ahead."""
+
+    def __init__(self, tar: TarReader) -> None:
+        self.tar = tar
+        self._pending: Member | None = None
+
+    @property
+    def next_offset(self) -> int:
+        """Byte offset at which the next sample starts (where a resumed read begins)."""
+        return self._pending.offset if self._pending is not None else self.tar.source.tell()
+
+    def _next_member(self) -> Member | None:
+        while True:
+            member = self.tar.next_member()
+            if member is None or not is_meta(member.name):
+                return member
+            log.debug("skipping metadata member %s in %s", member.name, self.tar.url)
+
+    def next_sample(self) -> RawSample | None:
+        """The next sample, or ``None`` at the end of the shard."""
+        member = self._pending or self._next_member()
+        self._pending = None
+        if member is None:
+            return None
+        parts = split_name(member.name)
+        if parts is None:
+            return RawSample(
+                key=member.name,
+                offset=member.offset,
+                error=f"member {member.name!r} has no extension, so it belongs to no sample",
+            )
+        key, name = parts
+        sample = RawSample(key=key, offset=member.offset, fields={name: member.data})
+        while True:
+            member = self._next_member()
+            if member is None:
+                return sample
+            parts = split_name(member.name)
+            if parts is None or parts[0] != key:
+                self._pending = member
+                return sample
+            if parts[1] in sample.fields and sample.error is None:
+                sample.error = f"field {parts[1]!r} appears twice (member {member.name!r})"
+            sample.fields[parts[1]] = member.data
+
+    def take(self, n: int) -> list[RawSample]:
+        """Up to ``n`` samples; fewer only at the end of the shard."""
+        out: list[RawSample] = []
+        while len(out) < n:
+            sample = self.next_sample()
+            if sample is None:
+                break
+            out.append(sample)
+        return out

@@ -1,0 +1,49 @@
+"""The I/O seam: a store rooted at one location that lists, reads byte ranges and writes."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+
+class ObjectInfo(msgspec.Struct, frozen=True):
+    """One object directly under a store's location.
+
+    Attributes:
+        name: Name relative to the location (no slashes for listed shards).
+        size: Size in bytes, as listed.
+        url: Full URL, used in error messages and as a sample's ``__url__``.
+        etag: Entity tag where the store has one.
+    """
+
+    name: str
+    size: int
+    url: str
+    etag: str | None = None
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What streaming-wds needs from a store. Implementations must pickle."""
+
+    @property
+    def location(self) -> str:
+        """URL of the root, for messages."""
+        ...
+
+    def list(self, suffix: str) -> list[ObjectInfo]:
+        """Objects directly under the root whose names end with ``suffix``, sorted by name."""
+        ...
+
+    def read_range(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of object ``name`` (fewer only at the object's end)."""
+        ...
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write ``data`` as object ``name``, replacing it atomically."""
+        ...
+
+    def url(self, name: str) -> str:
+        """Full URL of object ``name``."""
+        ...

@@ -1,0 +1,60 @@
+"""Local directories and ``file://`` URLs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import ShardNotFoundError, StorageError
+from .base import ObjectInfo
+
+
+class LocalStorage:
+    """A directory on the local file system."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        return self.root.as_uri() if self.root.is_absolute() else str(self.root)
+
+    def url(self, name: str) -> str:
+        return str(self.root / name)
+
+    def list(self, suffix: str) -> list[ObjectInfo]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.root}: {exc}") from exc
+        infos = [
+            ObjectInfo(name=e.name, size=e.stat().st_size, url=str(self.root / e.name))
+            for e in entries
+            if e.name.endswith(suffix) and e.is_file()
+        ]
+        return sorted(infos, key=lambda i: i.name)
+
+    def read_range(self, name: str, start: int, stop: int) -> bytes:
+        path = self.root / name
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(stop - start)
+        except FileNotFoundError:
+            raise ShardNotFoundError(str(path)) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path} bytes {start}-{stop}: {exc}") from exc
+
+    def put(self, name: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.root / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

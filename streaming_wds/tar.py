@@ -1,0 +1,161 @@
+"""A streaming tar reader: members straight from a shard's bytes, no ``tarfile`` objects.
+
+Understands ustar (with prefix), GNU long names (``L``) and PAX headers (``x``: ``path`` and
+``size``; ``g`` is ignored). Directories are skipped. Links, devices and FIFOs are refused:
+a shard is data, never a file-system recipe. Any truncation or corrupt header raises
+:class:`~streaming_wds.errors.ShardFormatError` with the byte offset of the header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import ShardFormatError
+
+BLOCK = 512
+_REGULAR = (b"0", b"\0", b"7")
+_SKIPPED = (b"5",)  # directories
+_REFUSED = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device", b"6": "FIFO"}
+
+
+class ByteSource(Protocol):
+    def read(self, n: int) -> bytes: ...
+    def skip(self, n: int) -> int: ...
+    def tell(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Member:
+    """A regular file in the archive: its path, the offset of its first header, its bytes."""
+
+    name: str
+    offset: int
+    data: bytes
+
+
+def _octal(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    return int(text, 8) if text else 0
+
+
+def _checksum_ok(header: bytes) -> bool:
+    stored = _octal(header[148:156])
+    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    if stored == unsigned:
+        return True
+    signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32
+    return stored == signed
+
+
+def _pax_records(data: bytes, url: str, offset: int) -> dict[str, bytes]:
+    records: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise ShardFormatError(url, offset, "malformed PAX header record") from None
+        if length <= 0 or pos + length > len(data):
+            raise ShardFormatError(url, offset, "malformed PAX header record length")
+        record = data[space + 1 : pos + length - 1]
+        key, eq, value = record.partition(b"=")
+        if not eq:
+            raise ShardFormatError(url, offset, "PAX header record without '='")
+        records[key.decode("utf-8", "replace")] = value
+        pos += length
+    return records
+
+
+class TarReader:
+    """Yields the regular-file members of a tar stream in order."""
+
+    def __init__(self, source: ByteSource, url: str) -> None:
+        self.source = source
+        self.url = url
+        self.ended = False
+
+    def _read_exact(self, n: int, offset: int, what: str) -> bytes:
+        data = self.source.read(n)
+        if len(data) != n:
+            raise ShardFormatError(self.url, offset, f"truncated {what}: expected {n} bytes, got {len(data)}")
+        return data
+
+    def _skip_exact(self, n: int, offset: int, what: str) -> None:
+        if self.source.skip(n) != n:
+            raise ShardFormatError(self.url, offset, f"truncated {what}")
+
+    def next_member(self) -> Member | None:
+        """The next regular file, or ``None`` at the end of the archive."""
+        long_name: str | None = None
+        pax: dict[str, bytes] = {}
+        first_offset: int | None = None
+        while not self.ended:
+            offset = self.source.tell()
+            header = self.source.read(BLOCK)
+            if not header and first_offset is None:
+                self.ended = True  # end of data exactly at a member boundary: tolerated like tarfile
+                return None
+            if len(header) != BLOCK:
+                raise ShardFormatError(self.url, offset, f"truncated tar header ({len(header)} of 512 bytes)")
+            if header.count(0) == BLOCK:
+                if first_offset is not None:
+                    raise ShardFormatError(self.url, offset, "end-of-archive marker after an extended header")
+                self.ended = True
+                return None
+            if not _checksum_ok(header):
+                raise ShardFormatError(self.url, offset, "tar header checksum mismatch (corrupt or not a tar file)")
+            if first_offset is None:
+                first_offset = offset
+            kind = header[156:157]
+            try:
+                size = _octal(header[124:136])
+            except ValueError:
+                raise ShardFormatError(self.url, offset, "invalid size field in tar header") from None
+            if "size" in pax:
+                size = int(pax["size"])
+            padded = size + (-size) % BLOCK
+            if kind == b"L":
+                data = self._read_exact(padded, offset, "GNU long name")
+                long_name = self._decode_name(data[:size].rstrip(b"\0"), offset)
+                continue
+            if kind in (b"x", b"g"):
+                data = self._read_exact(padded, offset, "PAX header")
+                if kind == b"x":
+                    pax = _pax_records(data[:size], self.url, offset)
+                continue
+            if kind in _REFUSED:
+                raise ShardFormatError(self.url, offset, f"unsupported tar member type: {_REFUSED[kind]}")
+            name = self._member_name(header, long_name, pax, offset)
+            if kind not in _REGULAR and kind not in _SKIPPED:
+                raise ShardFormatError(self.url, offset, f"unsupported tar member type {kind!r} for {name!r}")
+            if kind in _SKIPPED:
+                self._skip_exact(padded, offset, f"member {name!r}")
+                long_name, pax, first_offset = None, {}, None
+                continue
+            data = self._read_exact(size, offset, f"data of member {name!r}")
+            self._skip_exact(padded - size, offset, f"padding of member {name!r}")
+            return Member(name=name, offset=first_offset, data=data)
+        return None
+
+    def _decode_name(self, raw: bytes, offset: int) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ShardFormatError(self.url, offset, f"member name is not UTF-8: {raw!r}") from None
+
+    def _member_name(self, header: bytes, long_name: str | None, pax: dict[str, bytes], offset: int) -> str:
+        if "path" in pax:
+            return self._decode_name(pax["path"], offset)
+        if long_name is not None:
+            return long_name
+        name = header[0:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar":
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        return self._decode_name(name, offset)
