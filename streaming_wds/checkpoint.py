@@ -93,8 +93,18 @@ class ConsumerState(msgspec.Struct, kw_only=True):
 
     def mismatches(self, expected: ConsumerState) -> list[str]:
         """Human-readable differences in what the order depends on."""
-        keys = ("fingerprint", "num_shards", "seed", "shuffle", "interleave", "shuffle_block",
-                "rank", "world_size", "worker_id", "num_workers")
+        keys = (
+            "fingerprint",
+            "num_shards",
+            "seed",
+            "shuffle",
+            "interleave",
+            "shuffle_block",
+            "rank",
+            "world_size",
+            "worker_id",
+            "num_workers",
+        )
         return [
             f"{k}: checkpoint has {getattr(self, k)!r}, this run has {getattr(expected, k)!r}"
             for k in keys

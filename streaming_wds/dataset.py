@@ -168,7 +168,9 @@ class StreamingWebDataset(IterableDataset[Any]):
             problems = pending.mismatches(spec.blank_state())
             if problems:
                 raise CheckpointError("checkpoint does not match this dataset: " + "; ".join(problems))
-        plan = plan_epoch(len(spec.shards), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle, world=world)
+        plan = plan_epoch(
+            len(spec.shards), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle, world=world
+        )
         if self._stream is not None:
             self._past_errors.update(self._stream.errors)
             self._stream.close()

@@ -87,7 +87,7 @@ def decode_torchrgb(data: bytes) -> Any:
 def decode_pickle(data: bytes) -> Any:
     import pickle
 
-    return pickle.loads(data)  # noqa: S301 - only reachable with allow_pickle=True
+    return pickle.loads(data)
 
 
 def decode_torch(data: bytes) -> Any:
@@ -121,7 +121,9 @@ def normalize_field(name: str) -> str:
     return field.lower()
 
 
-def resolve_schema(schema: Mapping[str, SchemaValue] | None, *, allow_pickle: bool = False) -> dict[str, Decoder]:
+def resolve_schema(
+    schema: Mapping[str, SchemaValue] | None, *, allow_pickle: bool = False
+) -> dict[str, Decoder]:
     """Map each schema field to its decoder.
 
     Raises:

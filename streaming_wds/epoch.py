@@ -79,7 +79,9 @@ class EpochSpec:
 class _Slot:
     """An open shard: its parser, the current block of samples and its permutation."""
 
-    def __init__(self, shard: int, info: ObjectInfo, reader: ShardReader, delivered: int, block_offset: int) -> None:
+    def __init__(
+        self, shard: int, info: ObjectInfo, reader: ShardReader, delivered: int, block_offset: int
+    ) -> None:
         self.shard = shard
         self.info = info
         self.reader = reader

@@ -29,7 +29,7 @@ FORMAT_KEY = "streaming_wds"
 VERSION = 1
 
 
-class StreamingDataLoader(StatefulDataLoader):
+class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdata is untyped
     """A ``StatefulDataLoader`` for :class:`StreamingWebDataset` with exact mid-epoch resume.
 
     Each ``iter(loader)`` is a new epoch (0, 1, 2, … unless restored): the loader sets it on the
@@ -122,7 +122,8 @@ class StreamingDataLoader(StatefulDataLoader):
             raise CheckpointError("not a streaming-wds loader checkpoint (no 'streaming_wds' key)")
         if state_dict[FORMAT_KEY] != VERSION:
             raise CheckpointError(
-                f"checkpoint version {state_dict[FORMAT_KEY]!r} is not supported (this version reads {VERSION})"
+                f"checkpoint version {state_dict[FORMAT_KEY]!r} is not supported "
+                f"(this version reads {VERSION})"
             )
         ds = self._swds_dataset()
         rank, world_size = self._rank_world()

@@ -16,7 +16,13 @@ from .errors import ShardFormatError
 BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")
 _SKIPPED = (b"5",)  # directories
-_REFUSED = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device", b"6": "FIFO"}
+_REFUSED = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "FIFO",
+}
 
 
 class ByteSource(Protocol):
@@ -108,7 +114,9 @@ class TarReader:
                 self.ended = True
                 return None
             if not _checksum_ok(header):
-                raise ShardFormatError(self.url, offset, "tar header checksum mismatch (corrupt or not a tar file)")
+                raise ShardFormatError(
+                    self.url, offset, "tar header checksum mismatch (corrupt or not a tar file)"
+                )
             if first_offset is None:
                 first_offset = offset
             kind = header[156:157]

@@ -45,7 +45,15 @@ def encode_field(field: str, value: Any) -> bytes:
         np.save(buf, value, allow_pickle=False)
         return buf.getvalue()
     if type_name.startswith("PIL."):
-        fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}
+        fmt = {
+            "jpg": "JPEG",
+            "jpeg": "JPEG",
+            "png": "PNG",
+            "webp": "WEBP",
+            "bmp": "BMP",
+            "tif": "TIFF",
+            "tiff": "TIFF",
+        }
         if ext not in fmt:
             raise ConfigError(f"field {field!r}: cannot encode an image as {ext!r}")
         img = value.convert("RGB") if fmt[ext] == "JPEG" and value.mode not in ("RGB", "L") else value
@@ -108,7 +116,9 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if et is None:
             self.close()
         else:
@@ -136,13 +146,13 @@ class ShardWriter:
             raise ConfigError("ShardWriter is closed")
         _, members = self._encode(sample)
         size = sum(512 + len(d) + (-len(d)) % 512 for _, d in members) + 1024  # headers, padding
-        if self._tar is not None and (
-            self._count >= self.maxcount or self._size() + size > self.maxsize
-        ):
+        if self._tar is not None and (self._count >= self.maxcount or self._size() + size > self.maxsize):
             self._finish()
         if self._tar is None:
             self._buf = io.BytesIO()
-            self._tar = tarfile.open(fileobj=self._buf, mode="w", format=tarfile.PAX_FORMAT)
+            self._tar = tarfile.open(  # noqa: SIM115 - closed in _finish()
+                fileobj=self._buf, mode="w", format=tarfile.PAX_FORMAT
+            )
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -41,8 +41,10 @@ def open_storage(
         raise ConfigError(f"s3= options were given but {text!r} is not an s3:// URL")
     if parsed.scheme == "file":
         path = unquote(parsed.path)
-    elif parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+    elif parsed.scheme in ("",) or (len(parsed.scheme) == 1 and os.name == "nt"):
         path = text
     else:
-        raise ConfigError(f"unsupported URL scheme {parsed.scheme!r} in {text!r} (use s3://, file:// or a path)")
+        raise ConfigError(
+            f"unsupported URL scheme {parsed.scheme!r} in {text!r} (use s3://, file:// or a path)"
+        )
     return LocalStorage(os.path.join(path, sub) if sub else path)
