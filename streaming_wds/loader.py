@@ -17,6 +17,7 @@ Restoring a state taken after an epoch ended starts the next epoch (a plain
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -45,7 +46,10 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     def __init__(self, dataset: StreamingWebDataset, **kwargs: Any) -> None:
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
-        super().__init__(dataset, **kwargs)
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls torch.set_vital, deprecated in recent torch: not actionable here
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+            super().__init__(dataset, **kwargs)
         self._swds_epoch = 0
         self._swds_epoch_used = False
 

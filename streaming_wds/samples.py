@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .errors import ShardFormatError
 from .tar import Member, TarReader
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,18 @@ class SampleReader:
     def __init__(self, tar: TarReader) -> None:
         self.tar = tar
         self._pending: Member | None = None
+        # A bad header met while looking for the end of a sample is raised on the next call,
+        # so that the complete sample before it is still handed out.
+        self._error: tuple[int, ShardFormatError] | None = None
 
     @property
     def next_offset(self) -> int:
         """Byte offset at which the next sample starts (where a resumed read begins)."""
-        return self._pending.offset if self._pending is not None else self.tar.source.tell()
+        if self._pending is not None:
+            return self._pending.offset
+        if self._error is not None:
+            return self._error[0]
+        return self.tar.source.tell()
 
     def _next_member(self) -> Member | None:
         while True:
@@ -62,7 +70,13 @@ class SampleReader:
             log.debug("skipping metadata member %s in %s", member.name, self.tar.url)
 
     def next_sample(self) -> RawSample | None:
-        """The next sample, or ``None`` at the end of the shard."""
+        """The next sample, or ``None`` at the end of the shard.
+
+        Raises:
+            ShardFormatError: At a corrupt or truncated header, after the samples before it.
+        """
+        if self._error is not None:
+            raise self._error[1]
         member = self._pending or self._next_member()
         self._pending = None
         if member is None:
@@ -77,7 +91,12 @@ class SampleReader:
         key, name = parts
         sample = RawSample(key=key, offset=member.offset, fields={name: member.data})
         while True:
-            member = self._next_member()
+            offset = self.tar.source.tell()
+            try:
+                member = self._next_member()
+            except ShardFormatError as exc:
+                self._error = (offset, exc)
+                return sample
             if member is None:
                 return sample
             parts = split_name(member.name)
