@@ -13,10 +13,17 @@ from streaming_wds import MemoryStorage, ShardWriter
 
 def sample(i: int, shard_hint: int = 0) -> dict[str, Any]:
     """A small deterministic sample with several fields."""
-    return {"__key__": f"s{i:06d}", "cls": i % 10, "txt": f"sample {i}", "json": {"i": i, "shard": shard_hint}}
+    return {
+        "__key__": f"s{i:06d}",
+        "cls": i % 10,
+        "txt": f"sample {i}",
+        "json": {"i": i, "shard": shard_hint},
+    }
 
 
-def write_dataset(output: str | Path | MemoryStorage, num_samples: int, per_shard: int, **kw: Any) -> list[str]:
+def write_dataset(
+    output: str | Path | MemoryStorage, num_samples: int, per_shard: int, **kw: Any
+) -> list[str]:
     """Write ``num_samples`` samples, ``per_shard`` per shard; returns the shard names."""
     with ShardWriter(output, maxcount=per_shard, **kw) as w:
         for i in range(num_samples):
