@@ -46,9 +46,9 @@ class S3Options(msgspec.Struct, frozen=True, kw_only=True):
 class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
     """How a DataLoader worker reads, buffers and mixes its shards.
 
-    Memory per worker is bounded by ``buffer_bytes`` (but always allows one chunk per open
-    shard, so that every open shard can make progress) plus ``interleave * shuffle_block``
-    parsed samples.
+    Downloaded-but-unparsed bytes per worker stay within ``max(buffer_bytes, (interleave +
+    prefetch) * chunk_size)``: an open shard holding nothing may always fetch one chunk, so every
+    open shard makes progress. Parsed samples add at most ``interleave * shuffle_block`` samples.
 
     Attributes:
         interleave: Shards a worker reads concurrently and mixes samples from when shuffling

@@ -166,7 +166,7 @@ class EpochStream:
     # -- order -------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self._fetcher = Fetcher(self.spec.storage, self.spec.options)
+        self._fetcher = Fetcher(self.spec.storage, self.spec.options, self.width + self.spec.options.prefetch)
         self._started = True
         state = self._restore
         if state is None:

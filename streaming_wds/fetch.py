@@ -20,9 +20,10 @@ from .storage.base import ObjectInfo, Storage
 class Fetcher:
     """Owns the download threads and the byte budget of one consumer's epoch."""
 
-    def __init__(self, storage: Storage, options: StreamOptions) -> None:
+    def __init__(self, storage: Storage, options: StreamOptions, max_readers: int) -> None:
         self.storage = storage
         self.options = options
+        self.max_readers = max_readers
         self.charged = 0
         self._pool: ThreadPoolExecutor | None = None
         self._readers: list[ShardReader] = []
@@ -39,8 +40,15 @@ class Fetcher:
             self._pool = ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="swds-fetch")
         return self._pool.submit(self.storage.read_range, name, start, stop)
 
-    def can_charge(self, nbytes: int) -> bool:
-        return self.charged + nbytes <= self.options.buffer_bytes
+    def can_charge(self, nbytes: int, asking: ShardReader) -> bool:
+        """Whether ``asking`` may buffer ``nbytes`` more.
+
+        A reader holding nothing may always fetch one chunk, so one chunk of room is kept for
+        every other reader that is (or may be opened) and holds nothing.
+        """
+        holding = sum(1 for r in self._readers if r is not asking and r.held > 0)
+        reserve = max(0, self.max_readers - 1 - holding) * self.options.chunk_size
+        return self.charged + nbytes + reserve <= self.options.buffer_bytes
 
     def pump(self) -> None:
         """Request more ranges for every open reader, oldest first, as the budget allows."""
@@ -71,6 +79,11 @@ class ShardReader:
         self._buf_start = start
         self._pos = 0
         self._closed = False
+        self.held = 0  # bytes this reader has requested and not yet consumed
+
+    def _charge(self, n: int) -> None:
+        self.held += n
+        self.fetcher.charged += n
 
     def tell(self) -> int:
         """Absolute offset of the next byte :meth:`read` returns."""
@@ -81,16 +94,16 @@ class ShardReader:
         size = self.info.size
         while not self._closed and self._next_fetch < size and len(self._pending) < opts.readahead:
             n = min(opts.chunk_size, size - self._next_fetch)
-            # One range per reader is always allowed, so every open shard can progress.
-            if self._pending and not self.fetcher.can_charge(n):
+            # A reader holding nothing may always fetch one range, so every open shard progresses.
+            if self.held and not self.fetcher.can_charge(n, self):
                 break
             fut = self.fetcher.submit(self.info.name, self._next_fetch, self._next_fetch + n)
             self._pending.append((self._next_fetch, n, fut))
-            self.fetcher.charged += n
+            self._charge(n)
             self._next_fetch += n
 
     def _next_chunk(self) -> bool:
-        self.fetcher.charged -= len(self._buf)
+        self._charge(-len(self._buf))
         self._buf_start += len(self._buf)
         self._buf, self._pos = b"", 0
         if not self._pending:
@@ -101,10 +114,10 @@ class ShardReader:
         try:
             data = fut.result()
         except BaseException:
-            self.fetcher.charged -= n
+            self._charge(-n)
             raise
         if len(data) != n:
-            self.fetcher.charged -= n
+            self._charge(-n)
             raise ShardFormatError(
                 self.info.url,
                 start + len(data),
@@ -152,8 +165,8 @@ class ShardReader:
         self._closed = True
         for _, n, fut in self._pending:
             fut.cancel()
-            self.fetcher.charged -= n
+            self._charge(-n)
         self._pending.clear()
-        self.fetcher.charged -= len(self._buf)
+        self._charge(-len(self._buf))
         self._buf = b""
         self.fetcher.forget(self)

@@ -49,7 +49,10 @@ def _octal(field: bytes) -> int:
 
 
 def _checksum_ok(header: bytes) -> bool:
-    stored = _octal(header[148:156])
+    try:
+        stored = _octal(header[148:156])
+    except ValueError:  # not octal digits: not a tar header at all
+        return False
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
     if stored == unsigned:
         return True
