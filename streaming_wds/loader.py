@@ -43,6 +43,9 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
             ``collate_fn``, ``persistent_workers``, ``multiprocessing_context``, …).
     """
 
+    _iterator: Any
+    _initial_iter_for_state_dict: bool
+
     def __init__(self, dataset: StreamingWebDataset, **kwargs: Any) -> None:
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
@@ -52,6 +55,9 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
             super().__init__(dataset, **kwargs)
         self._swds_epoch = 0
         self._swds_epoch_used = False
+        # Persistent workers advance their own epoch by one on every iteration; any other
+        # epoch needs fresh workers that receive it.
+        self._swds_workers_next: int | None = None
 
     @property
     def epoch(self) -> int:
@@ -83,10 +89,14 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         if self._initial_iter_for_state_dict:
             # state_dict() already built this epoch's iterator
             self._swds_epoch_used = True
+            self._swds_workers_next = self._swds_epoch + 1
             return super().__iter__()
         if self._swds_epoch_used:
             self._swds_epoch += 1
         self._swds_epoch_used = True
+        if self._iterator is not None and self._swds_workers_next != self._swds_epoch:
+            self._iterator = None  # persistent workers would run another epoch: restart them
+        self._swds_workers_next = self._swds_epoch + 1
         self._prepare()
         return super().__iter__()
 
@@ -158,7 +168,7 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     def error_counts(self) -> dict[str, int]:
         """Samples and shards skipped under ``on_error="skip"`` this epoch, summed over workers,
         as of the last batch yielded."""
-        inner = super().state_dict() if self._iterator is not None else {}
+        inner: dict[str, Any] = super().state_dict() if self._iterator is not None else {}
         if "_snapshot" in inner:
             states = [w.get("dataset_state") for w in inner["_snapshot"]["_worker_snapshots"].values()]
         else:

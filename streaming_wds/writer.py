@@ -25,6 +25,8 @@ def encode_field(field: str, value: Any) -> bytes:
         ConfigError: If the value cannot be encoded for that field.
     """
     ext = field.rsplit(".", 1)[-1].lower()
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # NumPy scalars (np.int64(3), ...) encode like Python scalars
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, bool):
@@ -63,12 +65,27 @@ def encode_field(field: str, value: Any) -> bytes:
     raise ConfigError(f"field {field!r}: cannot encode a {type_name}")
 
 
+_END_SIZE = 2 * tarfile.BLOCKSIZE  # end-of-archive marker; no padding to tarfile's record size
+
+
+def _member_bytes(name: str, data: bytes) -> bytes:
+    """One regular-file member in PAX format with fixed metadata: header(s), data, padding."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    info.uname = info.gname = ""
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
 class ShardWriter:
     """Writes samples into ``shard-000000.tar``, ``shard-000001.tar``, … under ``output``.
 
     A sample is a mapping with ``__key__`` and fields (bytes, str, int, dict, list, NumPy arrays
     or PIL images, encoded by :func:`encode_field`). A shard is closed when it holds ``maxcount``
-    samples or when the next sample would take it past ``maxsize`` bytes. Members are written in
+    samples or when the next sample would take it past ``maxsize`` bytes (real tar bytes: headers,
+    PAX records, padding, end marker). Members are written in
     PAX format with fixed metadata (mtime 0, uid/gid 0) and sorted fields, so the same samples
     give the same bytes. Shards are written whole when closed, so a reader never sees a partial
     shard under its final name.
@@ -108,8 +125,8 @@ class ShardWriter:
         self.shard = start_shard
         self.written: list[str] = []
         self.total = 0
-        self._buf: io.BytesIO | None = None
-        self._tar: tarfile.TarFile | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
         self._count = 0
         self._closed = False
 
@@ -145,45 +162,32 @@ class ShardWriter:
         if self._closed:
             raise ConfigError("ShardWriter is closed")
         _, members = self._encode(sample)
-        size = sum(512 + len(d) + (-len(d)) % 512 for _, d in members) + 1024  # headers, padding
-        if self._tar is not None and (self._count >= self.maxcount or self._size() + size > self.maxsize):
+        data = b"".join(_member_bytes(name, payload) for name, payload in members)
+        if self._parts and (
+            self._count >= self.maxcount or self._size + len(data) + _END_SIZE > self.maxsize
+        ):
             self._finish()
-        if self._tar is None:
-            self._buf = io.BytesIO()
-            self._tar = tarfile.open(  # noqa: SIM115 - closed in _finish()
-                fileobj=self._buf, mode="w", format=tarfile.PAX_FORMAT
-            )
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o444
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        self._parts.append(data)
+        self._size += len(data)
         self._count += 1
         self.total += 1
 
-    def _size(self) -> int:
-        assert self._buf is not None
-        return self._buf.tell() + 1024
-
     def _finish(self) -> None:
-        assert self._tar is not None and self._buf is not None
-        self._tar.close()
         name = self.pattern % self.shard
-        self.storage.put(name, self._buf.getvalue())
+        self._parts.append(b"\0" * _END_SIZE)
+        self.storage.put(name, b"".join(self._parts))
         self.written.append(name)
         self.shard += 1
-        self._tar, self._buf, self._count = None, None, 0
+        self._parts, self._size, self._count = [], 0, 0
 
     def _discard(self) -> None:
-        self._tar, self._buf, self._count = None, None, 0
+        self._parts, self._size, self._count = [], 0, 0
         self._closed = True
 
     def close(self) -> None:
         """Write the last shard. Idempotent."""
         if self._closed:
             return
-        if self._tar is not None:
+        if self._parts:
             self._finish()
         self._closed = True

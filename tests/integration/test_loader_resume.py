@@ -146,3 +146,23 @@ def test_checkpoint_is_small_and_plain(root: Path) -> None:
     text = json.dumps(state)
     assert json.loads(text) == state
     assert len(text) < 4000
+
+
+def test_set_epoch_reaches_persistent_workers(root: Path) -> None:
+    plain = _factory(root, 2, True)()
+    plain.set_epoch(5)
+    epoch5 = epoch_keys(plain)
+    plain.set_epoch(0)
+    epoch0, epoch1 = epoch_keys(plain), epoch_keys(plain)
+
+    loader = _factory(root, 2, True, persistent_workers=True)()
+    assert epoch_keys(loader) == epoch0
+    loader.set_epoch(5)
+    assert epoch_keys(loader) == epoch5
+    loader.set_epoch(0)
+    assert epoch_keys(loader) == epoch0
+    assert epoch_keys(loader) == epoch1
+    state = loader.state_dict()
+    workers = state["loader"]["_snapshot"]["_worker_snapshots"].values()
+    assert state["epoch"] == 1
+    assert {w["dataset_state"]["epoch"] for w in workers} == {1}
