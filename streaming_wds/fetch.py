@@ -43,11 +43,12 @@ class Fetcher:
     def can_charge(self, nbytes: int, asking: ShardReader) -> bool:
         """Whether ``asking`` may buffer ``nbytes`` more.
 
-        A reader holding nothing may always fetch one chunk, so one chunk of room is kept for
-        every other reader that is (or may be opened) and holds nothing.
+        A reader holding nothing may always fetch one chunk, so room is kept to bring every other
+        reader, open or still to be opened, up to one chunk.
         """
-        holding = sum(1 for r in self._readers if r is not asking and r.held > 0)
-        reserve = max(0, self.max_readers - 1 - holding) * self.options.chunk_size
+        chunk = self.options.chunk_size
+        reserve = sum(max(0, chunk - r.held) for r in self._readers if r is not asking)
+        reserve += max(0, self.max_readers - len(self._readers)) * chunk
         return self.charged + nbytes + reserve <= self.options.buffer_bytes
 
     def pump(self) -> None:

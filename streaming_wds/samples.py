@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .errors import ShardFormatError
 from .tar import Member, TarReader
 
 log = logging.getLogger(__name__)
@@ -49,18 +48,11 @@ class SampleReader:
     def __init__(self, tar: TarReader) -> None:
         self.tar = tar
         self._pending: Member | None = None
-        # A bad header met while looking for the end of a sample is raised on the next call,
-        # so that the complete sample before it is still handed out.
-        self._error: tuple[int, ShardFormatError] | None = None
 
     @property
     def next_offset(self) -> int:
         """Byte offset at which the next sample starts (where a resumed read begins)."""
-        if self._pending is not None:
-            return self._pending.offset
-        if self._error is not None:
-            return self._error[0]
-        return self.tar.source.tell()
+        return self._pending.offset if self._pending is not None else self.tar.source.tell()
 
     def _next_member(self) -> Member | None:
         while True:
@@ -73,10 +65,9 @@ class SampleReader:
         """The next sample, or ``None`` at the end of the shard.
 
         Raises:
-            ShardFormatError: At a corrupt or truncated header, after the samples before it.
+            ShardFormatError: At a corrupt or truncated header. The sample being read when it is
+                met is not returned: its end could not be confirmed, so it may be incomplete.
         """
-        if self._error is not None:
-            raise self._error[1]
         member = self._pending or self._next_member()
         self._pending = None
         if member is None:
@@ -91,12 +82,7 @@ class SampleReader:
         key, name = parts
         sample = RawSample(key=key, offset=member.offset, fields={name: member.data})
         while True:
-            offset = self.tar.source.tell()
-            try:
-                member = self._next_member()
-            except ShardFormatError as exc:
-                self._error = (offset, exc)
-                return sample
+            member = self._next_member()
             if member is None:
                 return sample
             parts = split_name(member.name)

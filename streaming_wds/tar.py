@@ -120,15 +120,17 @@ class TarReader:
                 raise ShardFormatError(
                     self.url, offset, "tar header checksum mismatch (corrupt or not a tar file)"
                 )
-            if first_offset is None:
-                first_offset = offset
             kind = header[156:157]
+            if first_offset is None and kind != b"g":  # a global header belongs to no member
+                first_offset = offset
             try:
                 size = _octal(header[124:136])
+                if "size" in pax:
+                    size = int(pax["size"])
             except ValueError:
-                raise ShardFormatError(self.url, offset, "invalid size field in tar header") from None
-            if "size" in pax:
-                size = int(pax["size"])
+                raise ShardFormatError(self.url, offset, "invalid size in tar or PAX header") from None
+            if size < 0:
+                raise ShardFormatError(self.url, offset, f"negative member size {size}")
             padded = size + (-size) % BLOCK
             if kind == b"L":
                 data = self._read_exact(padded, offset, "GNU long name")
@@ -144,13 +146,13 @@ class TarReader:
             name = self._member_name(header, long_name, pax, offset)
             if kind not in _REGULAR and kind not in _SKIPPED:
                 raise ShardFormatError(self.url, offset, f"unsupported tar member type {kind!r} for {name!r}")
-            if kind in _SKIPPED:
+            if kind in _SKIPPED or (kind == b"\0" and name.endswith("/")):  # old-style directory
                 self._skip_exact(padded, offset, f"member {name!r}")
                 long_name, pax, first_offset = None, {}, None
                 continue
             data = self._read_exact(size, offset, f"data of member {name!r}")
             self._skip_exact(padded - size, offset, f"padding of member {name!r}")
-            return Member(name=name, offset=first_offset, data=data)
+            return Member(name=name, offset=offset if first_offset is None else first_offset, data=data)
         return None
 
     def _decode_name(self, raw: bytes, offset: int) -> str:

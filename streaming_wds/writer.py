@@ -17,7 +17,8 @@ from .storage import Storage, open_storage
 def encode_field(field: str, value: Any) -> bytes:
     """Bytes of ``value`` for a field whose last extension decides the format.
 
-    ``bytes`` pass through; ``str`` is UTF-8; ``int`` is decimal text; ``dict``/``list`` are JSON
+    ``bytes`` pass through; ``str`` is UTF-8; ``int`` and ``float`` are decimal text (NumPy
+    scalars too, except for ``npy`` fields); ``dict``/``list`` are JSON
     (or MessagePack for ``msgpack``); NumPy arrays are ``.npy`` (no pickle); PIL images are
     encoded by the extension (``jpg``, ``png``, ``webp``, …).
 
@@ -25,20 +26,26 @@ def encode_field(field: str, value: Any) -> bytes:
         ConfigError: If the value cannot be encoded for that field.
     """
     ext = field.rsplit(".", 1)[-1].lower()
-    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        value = value.item()  # NumPy scalars (np.int64(3), ...) encode like Python scalars
+    if type(value).__module__ == "numpy" and ext != "npy":
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            value = value.item()  # NumPy scalars (np.int64(3), ...) encode like Python scalars
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, bool):
         raise ConfigError(f"field {field!r}: refusing to guess an encoding for a bool")
     if isinstance(value, str):
         return value.encode("utf-8")
-    if isinstance(value, int):
-        return str(value).encode("ascii")
+    if isinstance(value, (int, float)):
+        return repr(value).encode("ascii")
     if isinstance(value, (dict, list)):
         import msgspec
 
-        return msgspec.msgpack.encode(value) if ext in ("msgpack", "mpk") else msgspec.json.encode(value)
+        try:
+            return msgspec.msgpack.encode(value) if ext in ("msgpack", "mpk") else msgspec.json.encode(value)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ConfigError(f"field {field!r}: cannot encode content: {exc}") from exc
     type_name = f"{type(value).__module__}.{type(value).__name__}"
     if type_name.startswith("numpy."):
         import numpy as np
@@ -148,10 +155,16 @@ class ShardWriter:
         if "." in key.rsplit("/", 1)[-1]:
             raise ConfigError(f"sample key {key!r} must not contain a dot in its last path part")
         fields = []
+        seen: set[str] = set()
         for name in sorted(sample):
             if name.startswith("__"):
                 continue
             field = name[1:] if name.startswith(".") else name
+            if not field or "/" in field:
+                raise ConfigError(f"sample {key!r}: field name {name!r} must be non-empty and contain no '/'")
+            if field.lower() in seen:
+                raise ConfigError(f"sample {key!r}: field {field.lower()!r} is given twice ({name!r})")
+            seen.add(field.lower())
             fields.append((f"{key}.{field}", self.encoder(field, sample[name])))
         if not fields:
             raise ConfigError(f"sample {key!r} has no fields")

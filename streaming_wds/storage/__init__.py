@@ -28,6 +28,8 @@ def open_storage(
     if isinstance(remote, Storage) and not isinstance(remote, (str, os.PathLike)):
         if split:
             raise ConfigError("split= cannot be combined with a Storage object; root the store there")
+        if s3 is not None:
+            raise ConfigError("s3= options cannot be combined with a Storage object; configure the store")
         return remote
     text = os.fspath(remote)
     sub = split.strip("/") if split else ""
@@ -40,6 +42,10 @@ def open_storage(
     if s3 is not None:
         raise ConfigError(f"s3= options were given but {text!r} is not an s3:// URL")
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"{text!r} names host {parsed.netloc!r}; use file:///absolute/path or a plain path"
+            )
         path = unquote(parsed.path)
     elif parsed.scheme in ("",) or (len(parsed.scheme) == 1 and os.name == "nt"):
         path = text

@@ -39,6 +39,8 @@ class LocalStorage:
 
     def read_range(self, name: str, start: int, stop: int) -> bytes:
         path = self.root / name
+        if stop <= start:
+            return b""
         try:
             with open(path, "rb") as f:
                 f.seek(start)

@@ -124,6 +124,8 @@ class S3Storage:
         except Exception as exc:
             if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
                 raise ShardNotFoundError(self.url(name)) from exc
+            if _is_client_error(exc) and _code(exc) in ("InvalidRange", "416"):
+                return b""  # the range starts at or past the end: nothing there
             if _is_client_error(exc) or _is_botocore_error(exc):
                 raise self._error("read", f"{self.url(name)} bytes {start}-{stop}", exc) from exc
             raise
