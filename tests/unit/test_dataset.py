@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streaming_wds
 from streaming_wds import (
@@ -88,17 +90,44 @@ def test_download_threads_are_joined(how: str) -> None:
     assert _fetch_threads() == []
 
 
-def test_buffered_bytes_stay_within_budget() -> None:
-    store = memory_dataset(400, 20)
-    opts = StreamOptions(interleave=4, prefetch=2, chunk_size=2048, readahead=4, buffer_bytes=16 * 1024)
-    ds = StreamingWebDataset(store, shuffle=True, options=opts)
+@settings(max_examples=25, deadline=None)
+@given(
+    per_shard=st.integers(1, 25),
+    interleave=st.integers(1, 5),
+    prefetch=st.integers(0, 3),
+    chunk_kib=st.integers(1, 4),
+    readahead=st.integers(1, 5),
+    budget_chunks=st.integers(1, 12),
+    shuffle=st.booleans(),
+)
+def test_buffered_bytes_stay_within_budget(
+    per_shard: int,
+    interleave: int,
+    prefetch: int,
+    chunk_kib: int,
+    readahead: int,
+    budget_chunks: int,
+    shuffle: bool,
+) -> None:
+    chunk = chunk_kib * 1024 + 100  # not a multiple of the tar block size
+    opts = StreamOptions(
+        interleave=interleave,
+        prefetch=prefetch,
+        chunk_size=chunk,
+        readahead=readahead,
+        buffer_bytes=budget_chunks * chunk,
+    )
+    ds = StreamingWebDataset(memory_dataset(150, per_shard), shuffle=shuffle, options=opts)
     it = iter(ds)
     peak = 0
-    for _ in it:
+    keys = []
+    for sample in it:
+        keys.append(sample["__key__"])
         assert isinstance(it, EpochStream) and it._fetcher is not None
         peak = max(peak, it._fetcher.charged)
-    # the budget, or one chunk for each of the interleave + prefetch open shards
-    assert 0 < peak <= max(opts.buffer_bytes, (opts.interleave + opts.prefetch) * opts.chunk_size)
+    assert sorted(keys) == all_keys(150)
+    open_shards = (interleave if shuffle else 1) + prefetch
+    assert 0 < peak <= max(opts.buffer_bytes, open_shards * opts.chunk_size)
 
 
 def test_world_is_resolved_at_iteration_time(monkeypatch: pytest.MonkeyPatch) -> None:

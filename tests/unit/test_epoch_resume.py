@@ -173,7 +173,8 @@ def test_corrupt_shard_raises_after_its_good_samples() -> None:
     with pytest.raises(ShardFormatError) as info:
         for s in ds:
             got.append(s["__key__"])
-    assert got == all_keys(8)
+    # s000007's end cannot be confirmed (the header after it is corrupt): it is not handed out
+    assert got == all_keys(7)
     assert info.value.offset == bad_at
     assert str(info.value) == (
         f"memory://mem/shard-000001.tar at byte {bad_at}: "
@@ -185,11 +186,11 @@ def test_corrupt_shard_raises_after_its_good_samples() -> None:
 def test_skip_policy_counts_a_corrupt_shard_once_and_resumes_exactly(shuffle: bool) -> None:
     store = memory_dataset(30, 5)
     offsets = _header_offsets(store.objects["shard-000002.tar"])
-    _corrupt(store, "shard-000002.tar", offsets[2 * 3])  # samples 10, 11 are good; 12-14 lost
+    _corrupt(store, "shard-000002.tar", offsets[2 * 3])  # header of s000012: s000010 survives
     full_ds = _ds(store, shuffle=shuffle, on_error="skip")
     full = _keys(full_ds)
     assert full_ds.error_counts == {"shard_format": 1}
-    assert sorted(full) == sorted(set(all_keys(30)) - {"s000012", "s000013", "s000014"})
+    assert sorted(full) == sorted(set(all_keys(30)) - {"s000011", "s000012", "s000013", "s000014"})
     for cut in range(len(full) + 1):
         ds = _ds(store, shuffle=shuffle, on_error="skip")
         it = iter(ds)
