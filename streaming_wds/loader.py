@@ -104,19 +104,24 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         """The checkpoint: JSON-serialisable, positions only (see the module docstring)."""
         if self._iterator is None:
             self._prepare()
-        inner = super().state_dict()
-        ds = self._swds_dataset()
-        rank, world_size = self._rank_world()
         return {
             FORMAT_KEY: VERSION,
             "epoch": self._swds_epoch,
+            **self._identity(),
+            "loader": super().state_dict(),
+        }
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must have been taken with to apply here."""
+        ds = self._swds_dataset()
+        rank, world_size = self._rank_world()
+        return {
             "num_workers": self.num_workers,
             "rank": rank,
             "world_size": world_size,
             "fingerprint": ds.fingerprint,
             "seed": ds.seed,
             "shuffle": ds.shuffle,
-            "loader": inner,
         }
 
     def _rank_world(self) -> tuple[int, int]:
@@ -139,16 +144,7 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
                 f"checkpoint version {state_dict[FORMAT_KEY]!r} is not supported "
                 f"(this version reads {VERSION})"
             )
-        ds = self._swds_dataset()
-        rank, world_size = self._rank_world()
-        expected = {
-            "num_workers": self.num_workers,
-            "rank": rank,
-            "world_size": world_size,
-            "fingerprint": ds.fingerprint,
-            "seed": ds.seed,
-            "shuffle": ds.shuffle,
-        }
+        expected = self._identity()
         problems = [
             f"{k}: checkpoint has {state_dict.get(k)!r}, this run has {v!r}"
             for k, v in expected.items()

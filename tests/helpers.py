@@ -57,3 +57,24 @@ def jpeg_bytes(color: tuple[int, int, int] = (200, 10, 10), size: tuple[int, int
 
 def keys_of(batches: Iterator[dict[str, Any]]) -> list[str]:
     return [k for b in batches for k in b["__key__"]]
+
+
+class BytesSource:
+    """A ``ByteSource`` (what ``TarReader`` reads from) over an in-memory buffer."""
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        done = min(n, len(self.data) - self.pos)
+        self.pos += done
+        return done
+
+    def tell(self) -> int:
+        return self.pos

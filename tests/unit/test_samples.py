@@ -10,27 +10,9 @@ from hypothesis import strategies as st
 
 from streaming_wds.samples import RawSample, SampleReader, is_meta, split_name
 from streaming_wds.tar import TarReader
+from tests.helpers import BytesSource
 
 URL = "mem://b/shard.tar"
-
-
-class BytesSource:
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos : self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def skip(self, n: int) -> int:
-        done = min(n, len(self.data) - self.pos)
-        self.pos += done
-        return done
-
-    def tell(self) -> int:
-        return self.pos
 
 
 def make_tar(members: list[tuple[str, bytes]], end_blocks: bool = True) -> bytes:

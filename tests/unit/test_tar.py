@@ -11,30 +11,10 @@ from hypothesis import strategies as st
 
 from streaming_wds.errors import ShardFormatError
 from streaming_wds.tar import Member, TarReader
+from tests.helpers import BytesSource
 
 URL = "mem://bucket/shard-000007.tar"
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
-
-
-class BytesSource:
-    """A ``ByteSource`` over an in-memory buffer."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos : self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def skip(self, n: int) -> int:
-        done = min(n, len(self.data) - self.pos)
-        self.pos += done
-        return done
-
-    def tell(self) -> int:
-        return self.pos
 
 
 def regular(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
