@@ -27,11 +27,22 @@ def epoch_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> lis
     return order
 
 
+def rank_shards(
+    num_shards: int, *, seed: int, epoch: int, shuffle: bool, rank: int, world_size: int
+) -> list[int]:
+    """Shard indices of one rank this epoch: the epoch's order dealt round-robin over the ranks.
+
+    A rank's share does not depend on how many DataLoader workers split it further.
+    """
+    return epoch_order(num_shards, seed=seed, epoch=epoch, shuffle=shuffle)[rank::world_size]
+
+
 def plan_epoch(num_shards: int, *, seed: int, epoch: int, shuffle: bool, world: World) -> list[int]:
     """Shard indices that ``world.consumer`` reads this epoch, in reading order.
 
-    The epoch's global order is dealt round-robin over the ``world.num_consumers`` consumers,
-    so each shard goes to exactly one consumer and counts differ by at most one.
+    The epoch's global order is dealt round-robin over the ranks, and each rank's share
+    round-robin over its workers: each shard goes to exactly one consumer and counts differ by
+    at most one.
 
     Raises:
         PlanningError: If there are fewer shards than consumers (some would get nothing,
@@ -43,5 +54,7 @@ def plan_epoch(num_shards: int, *, seed: int, epoch: int, shuffle: bool, world: 
             f"(world_size={world.world_size} x num_workers={world.num_workers}); "
             "use fewer DataLoader workers or ranks, or write more, smaller shards"
         )
-    order = epoch_order(num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
-    return order[world.consumer :: world.num_consumers]
+    mine = rank_shards(
+        num_shards, seed=seed, epoch=epoch, shuffle=shuffle, rank=world.rank, world_size=world.world_size
+    )
+    return mine[world.worker_id :: world.num_workers]

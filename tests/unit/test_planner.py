@@ -57,21 +57,27 @@ def test_every_shard_goes_to_exactly_one_consumer(
     counts = [len(p) for p in plans]
     assert max(counts) - min(counts) <= 1
     assert min(counts) >= 1
-    # Earlier consumers get the extra shards (round-robin deal).
-    assert counts == sorted(counts, reverse=True)
+    # Within a rank, earlier workers get the extra shards; earlier ranks get the extra shards.
+    for r in range(world_size):
+        mine = counts[r * num_workers : (r + 1) * num_workers]
+        assert mine == sorted(mine, reverse=True)
+    per_rank = [sum(counts[r * num_workers : (r + 1) * num_workers]) for r in range(world_size)]
+    assert per_rank == sorted(per_rank, reverse=True)
+    assert max(per_rank) - min(per_rank) <= 1
 
 
 @settings(max_examples=100, deadline=None)
 @given(topo=_topologies(), seed=st.integers(0, 2**32), epoch=st.integers(0, 100), shuffle=st.booleans())
-def test_plans_are_the_global_order_dealt_round_robin(
+def test_plans_deal_the_global_order_to_ranks_then_workers(
     topo: tuple[int, int, int], seed: int, epoch: int, shuffle: bool
 ) -> None:
     num_shards, world_size, num_workers = topo
     order = epoch_order(num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
     plans = _all_plans(num_shards, world_size, num_workers, seed=seed, epoch=epoch, shuffle=shuffle)
-    n = world_size * num_workers
-    for i, shard in enumerate(order):
-        assert plans[i % n][i // n] == shard
+    for r in range(world_size):
+        ranks_share = order[r::world_size]
+        for w in range(num_workers):
+            assert plans[r * num_workers + w] == ranks_share[w::num_workers]
 
 
 @settings(max_examples=100, deadline=None)
@@ -87,10 +93,11 @@ def test_plan_is_deterministic(topo: tuple[int, int, int], seed: int, epoch: int
 # -- exact small cases ---------------------------------------------------------------------
 
 
-def test_unshuffled_plan_is_listing_order_dealt_rank_major() -> None:
+def test_unshuffled_plan_is_listing_order_dealt_to_ranks_then_workers() -> None:
     # 7 shards, 2 ranks x 2 workers: consumers are (r0,w0), (r0,w1), (r1,w0), (r1,w1).
+    # rank 0 gets 0, 2, 4, 6 and rank 1 gets 1, 3, 5, each dealt over its two workers
     plans = _all_plans(7, 2, 2, seed=123, epoch=5, shuffle=False)
-    assert plans == [[0, 4], [1, 5], [2, 6], [3]]
+    assert plans == [[0, 4], [2, 6], [1, 5], [3]]
 
 
 def test_unshuffled_plan_ignores_seed_and_epoch() -> None:
@@ -110,7 +117,7 @@ def test_single_consumer_gets_the_whole_order() -> None:
 
 def test_exactly_as_many_shards_as_consumers() -> None:
     plans = _all_plans(6, 3, 2, seed=0, epoch=0, shuffle=False)
-    assert plans == [[0], [1], [2], [3], [4], [5]]
+    assert plans == [[0], [3], [1], [4], [2], [5]]
 
 
 # -- epoch_order -----------------------------------------------------------------------------
