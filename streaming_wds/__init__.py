@@ -2,6 +2,7 @@
 
 from .config import S3Options, StreamOptions
 from .dataset import StreamingWebDataset
+from .encoding import encode_field
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -20,7 +21,7 @@ from .loader import StreamingDataLoader
 from .planner import plan_epoch
 from .storage import LocalStorage, MemoryStorage, ObjectInfo, S3Storage, Storage
 from .world import World
-from .writer import ShardWriter, encode_field
+from .writer import ShardWriter
 
 __version__ = "0.2.0.dev0"
 

@@ -7,7 +7,9 @@ Hierarchy::
     ├── PlanningError (ValueError)         shards cannot be split over the consumers
     ├── StorageError                       a store could not be listed, read or written
     │   ├── NoShardsError (FileNotFoundError)    no ``*.tar`` under the location
-    │   └── ShardNotFoundError (FileNotFoundError)  a listed shard vanished
+    │   ├── ObjectNotFoundError (FileNotFoundError)  an object is missing
+    │   │   └── ShardNotFoundError              a listed shard vanished
+    │   └── ShardExistsError (FileExistsError)  a writer would overwrite a shard
     ├── DataError                          bad content; ``on_error="skip"`` counts these
     │   ├── ShardFormatError               corrupt or truncated tar (shard, byte offset)
     │   └── SampleError                    a sample is unusable (shard, offset, key)
@@ -46,11 +48,26 @@ class NoShardsError(StorageError, FileNotFoundError):
         self.location = location
 
 
-class ShardNotFoundError(StorageError, FileNotFoundError):
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """An object (a shard, an index) does not exist."""
+
+    def __init__(self, url: str, what: str = "object") -> None:
+        super().__init__(f"{what} not found: {url}")
+        self.url = url
+
+
+class ShardNotFoundError(ObjectNotFoundError):
     """A shard that was listed could not be found when read."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(f"shard not found: {url}")
+        super().__init__(url, "shard")
+
+
+class ShardExistsError(StorageError, FileExistsError):
+    """A writer would replace an existing shard (pass ``overwrite=True`` to allow it)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"refusing to overwrite existing shard {url} (pass overwrite=True to replace it)")
         self.url = url
 
 

@@ -15,12 +15,16 @@ class ObjectInfo(msgspec.Struct, frozen=True):
         size: Size in bytes, as listed.
         url: Full URL, used in error messages and as a sample's ``__url__``.
         etag: Entity tag where the store has one.
+        samples: Number of samples, where a dataset index says.
+        sha256: Hex SHA-256 of the content, where a dataset index says.
     """
 
     name: str
     size: int
     url: str
     etag: str | None = None
+    samples: int | None = None
+    sha256: str | None = None
 
 
 @runtime_checkable
@@ -38,6 +42,14 @@ class Storage(Protocol):
 
     def read_range(self, name: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of object ``name`` (fewer only at the object's end)."""
+        ...
+
+    def get(self, name: str) -> bytes:
+        """The whole object ``name``.
+
+        Raises:
+            ObjectNotFoundError: If it does not exist.
+        """
         ...
 
     def put(self, name: str, data: bytes) -> None:

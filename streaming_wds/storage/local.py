@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import ShardNotFoundError, StorageError
+from ..errors import ObjectNotFoundError, ShardNotFoundError, StorageError
 from .base import ObjectInfo
 
 
@@ -49,6 +49,15 @@ class LocalStorage:
             raise ShardNotFoundError(str(path)) from None
         except OSError as exc:
             raise StorageError(f"cannot read {path} bytes {start}-{stop}: {exc}") from exc
+
+    def get(self, name: str) -> bytes:
+        path = self.root / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(str(path)) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
 
     def put(self, name: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ShardNotFoundError
+from ..errors import ObjectNotFoundError, ShardNotFoundError
 from .base import ObjectInfo
 
 
@@ -35,6 +35,12 @@ class MemoryStorage:
             raise ShardNotFoundError(self.url(name)) from None
         self.reads += 1
         return data[start:stop]
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self.objects[name]
+        except KeyError:
+            raise ObjectNotFoundError(self.url(name)) from None
 
     def put(self, name: str, data: bytes) -> None:
         self.objects[name] = bytes(data)

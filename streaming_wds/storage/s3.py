@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from ..config import S3Options
-from ..errors import ShardNotFoundError, StorageError
+from ..errors import ObjectNotFoundError, ShardNotFoundError, StorageError
 from .base import ObjectInfo
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -20,6 +20,10 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 
 class S3Storage:
     """Objects under ``s3://bucket/prefix``."""
+
+    #: Objects at least this large are uploaded in parts (aborted on failure, so a failed
+    #: upload never leaves an object under its final name).
+    multipart_threshold = 64 * 1024 * 1024
 
     def __init__(self, bucket: str, prefix: str, options: S3Options | None = None) -> None:
         self.bucket = bucket
@@ -130,11 +134,32 @@ class S3Storage:
                 raise self._error("read", f"{self.url(name)} bytes {start}-{stop}", exc) from exc
             raise
 
-    def put(self, name: str, data: bytes) -> None:
+    def get(self, name: str) -> bytes:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
+            return bytes(resp["Body"].read())
         except Exception as exc:
+            if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
+                raise ObjectNotFoundError(self.url(name)) from exc
             if _is_client_error(exc) or _is_botocore_error(exc):
+                raise self._error("read", self.url(name), exc) from exc
+            raise
+
+    def put(self, name: str, data: bytes) -> None:
+        import io
+
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=max(self.multipart_threshold // 4, 5 * 1024 * 1024),
+            use_threads=False,
+        )
+        try:
+            self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(name), Config=config)
+        except Exception as exc:
+            if isinstance(exc, S3UploadFailedError) or _is_client_error(exc) or _is_botocore_error(exc):
                 raise self._error("write", self.url(name), exc) from exc
             raise
 

@@ -249,7 +249,7 @@ def make_store(bad: dict[int, dict[str, Any]] | None = None) -> MemoryStorage:
             sample: dict[str, Any] = {"__key__": f"k{i}", "cls": i, "txt": f"t{i}"}
             sample.update((bad or {}).get(i, {}))
             w.write(sample)
-    assert sorted(store.objects) == ["shard-000000.tar", "shard-000001.tar"]
+    assert sorted(store.objects) == ["index.json", "shard-000000.tar", "shard-000001.tar"]
     return store
 
 

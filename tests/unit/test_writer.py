@@ -66,14 +66,15 @@ def test_rollover_at_maxcount_local(tmp_path: Path) -> None:
     assert w.written == names
     assert w.total == 7
     files = shard_files(out)
-    assert list(files) == names  # and no temporary files left
+    assert list(files) == ["index.json", *names]  # the index, and no temporary files left
     assert [keys_in(files[n]) for n in names] == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6"]]
 
 
 def test_rollover_at_maxcount_memory() -> None:
     store = MemoryStorage()
     w = write_all(store, [small(i) for i in range(6)], maxcount=3)
-    assert w.written == sorted(store.objects) == ["shard-000000.tar", "shard-000001.tar"]  # no empty third
+    assert w.written == ["shard-000000.tar", "shard-000001.tar"]  # no empty third
+    assert sorted(store.objects) == ["index.json", *w.written]
     assert [keys_in(store.objects[n]) for n in w.written] == [["k0", "k1", "k2"], ["k3", "k4", "k5"]]
     assert [m.name for m in members(store.objects["shard-000001.tar"])] == [
         "k3.cls",
@@ -88,7 +89,7 @@ def test_rollover_at_maxcount_memory() -> None:
 def test_pattern_and_start_shard(tmp_path: Path) -> None:
     w = write_all(tmp_path, [small(i) for i in range(5)], maxcount=2, pattern="train-%03d.tar", start_shard=8)
     assert w.written == ["train-008.tar", "train-009.tar", "train-010.tar"]
-    assert sorted(os.listdir(tmp_path)) == w.written
+    assert sorted(os.listdir(tmp_path)) == ["index.json", *w.written]
     assert w.shard == 11
 
 
@@ -175,7 +176,7 @@ def test_same_samples_give_identical_bytes(tmp_path: Path) -> None:
     write_all(a, [rich(i) for i in range(5)], maxcount=2)
     write_all(b, [rich(i) for i in range(5)], maxcount=2)
     write_all(tmp_path, [rich(i) for i in range(5)], maxcount=2)
-    assert list(a.objects) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(a.objects) == ["index.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert a.objects == b.objects == shard_files(tmp_path)
 
 
@@ -347,8 +348,10 @@ def test_same_field_with_and_without_dot() -> None:
 
 def test_constructor_errors(tmp_path: Path) -> None:
     for kw, message in (
-        ({"maxcount": 0}, "ShardWriter: maxcount and maxsize must be positive"),
-        ({"maxsize": 0}, "ShardWriter: maxcount and maxsize must be positive"),
+        ({"maxcount": 0}, "ShardWriter: maxcount, maxsize and max_uploads must be positive"),
+        ({"maxsize": 0}, "ShardWriter: maxcount, maxsize and max_uploads must be positive"),
+        ({"max_uploads": 0}, "ShardWriter: maxcount, maxsize and max_uploads must be positive"),
+        ({"pattern": "shard-%d"}, "ShardWriter: pattern 'shard-%d' must end with .tar and contain no '/'"),
         ({"pattern": "shard.tar"}, "ShardWriter: pattern 'shard.tar' needs one %d-style field"),
         ({"pattern": "%d-%d.tar"}, "ShardWriter: pattern '%d-%d.tar' needs one %d-style field"),
     ):
@@ -380,6 +383,6 @@ def test_close_is_idempotent_and_final() -> None:
     w.close()
     first = dict(store.objects)
     w.close()
-    assert store.objects == first and list(first) == ["shard-000000.tar"]
+    assert store.objects == first and list(first) == ["shard-000000.tar", "index.json"]
     with pytest.raises(ConfigError, match=r"^ShardWriter is closed$"):
         w.write(small(1))
