@@ -60,6 +60,8 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
         chunk_size: Bytes per ranged read.
         readahead: Chunks per open shard requested ahead of the reader.
         buffer_bytes: Budget of downloaded-but-unparsed bytes per worker.
+        verify_checksums: Check each shard read from its start against the SHA-256 in the
+            dataset index, where there is one (about 0.8 CPU-seconds per GB).
     """
 
     interleave: int = 16
@@ -69,6 +71,7 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
     chunk_size: int = 2 * MiB
     readahead: int = 2
     buffer_bytes: int = 128 * MiB
+    verify_checksums: bool = True
 
     def __post_init__(self) -> None:
         for name in ("interleave", "shuffle_block", "max_workers", "chunk_size", "readahead"):

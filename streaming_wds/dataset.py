@@ -14,7 +14,8 @@ from .config import S3Options, StreamOptions
 from .decoders import SchemaValue, resolve_schema
 from .epoch import EpochSpec, EpochStream, OnError
 from .errors import CheckpointError, ConfigError, NoShardsError
-from .planner import plan_epoch
+from .index import DatasetIndex, read_index
+from .planner import plan_epoch, rank_shards
 from .storage import Storage, open_storage
 from .storage.base import ObjectInfo
 from .world import World, resolve_world
@@ -80,6 +81,7 @@ class StreamingWebDataset(IterableDataset[Any]):
         self.world_size = world_size
         self.options = options or StreamOptions()
         self._shards: list[ObjectInfo] | None = None
+        self._index: DatasetIndex | None = None
         self._fingerprint = ""
         self._bound: tuple[int, int] | None = None
         self._epoch = 0
@@ -97,18 +99,64 @@ class StreamingWebDataset(IterableDataset[Any]):
 
     @property
     def shards(self) -> list[ObjectInfo]:
-        """The shards, listed once on first use and sorted by name.
+        """The shards, sorted by name: from ``index.json`` when there is one (no listing),
+        else listed. Found once, on first use.
 
         Raises:
-            NoShardsError: If there is no ``*.tar`` directly under the location.
+            NoShardsError: If there is no shard directly under the location.
         """
         if self._shards is None:
-            shards = self.storage.list(".tar")
+            self._index = read_index(self.storage)
+            shards = self._index.infos(self.storage) if self._index is not None else self.storage.list(".tar")
             if not shards:
                 raise NoShardsError(self.storage.location)
             self._shards = shards
             self._fingerprint = fingerprint(shards)
         return self._shards
+
+    @property
+    def index(self) -> DatasetIndex | None:
+        """The dataset index (``index.json``), or ``None`` if the shards were listed."""
+        _ = self.shards
+        return self._index
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples in the whole dataset, where an index says; else ``None``."""
+        index = self.index
+        return index.total_samples if index is not None else None
+
+    def __len__(self) -> int:
+        """Samples this rank reads in the current epoch (the next, before any iteration).
+
+        Exact, from the dataset index; shard order depends on the epoch when shuffling, so the
+        count may differ between epochs by up to one shard's samples.
+
+        Raises:
+            TypeError: Without a dataset index, the length is unknown.
+        """
+        shards = self.shards
+        if self._index is None:
+            raise TypeError(
+                f"the length of {self.storage.location} is unknown without a dataset index "
+                "(index.json); write one with ShardWriter or build_index()"
+            )
+        if self.rank is not None and self.world_size is not None:
+            rank, world_size = self.rank, self.world_size
+        elif self._bound is not None:
+            rank, world_size = self._bound
+        else:
+            world = resolve_world(None, None)
+            rank, world_size = world.rank, world.world_size
+        mine = rank_shards(
+            len(shards),
+            seed=self.seed,
+            epoch=self._epoch,
+            shuffle=self.shuffle,
+            rank=rank,
+            world_size=world_size,
+        )
+        return sum(shards[i].samples or 0 for i in mine)
 
     @property
     def fingerprint(self) -> str:

@@ -237,6 +237,11 @@ class EpochStream:
             slot.load_block(self.spec.options.shuffle_block, self._permute_seed(slot))
             if slot.block:
                 return True
+            if slot.broken is None:
+                try:
+                    slot.reader.finish()
+                except ShardFormatError as exc:
+                    slot.broken = exc
         slot.reader.close()
         if slot.broken is not None:
             self._fail(slot.broken)

@@ -10,6 +10,7 @@ contains never depends on which download finishes first.
 from __future__ import annotations
 
 import collections
+import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .config import StreamOptions
@@ -81,6 +82,8 @@ class ShardReader:
         self._pos = 0
         self._closed = False
         self.held = 0  # bytes this reader has requested and not yet consumed
+        verify = start == 0 and info.sha256 is not None and fetcher.options.verify_checksums
+        self._hash = hashlib.sha256() if verify else None
 
     def _charge(self, n: int) -> None:
         self.held += n
@@ -126,8 +129,29 @@ class ShardReader:
                 f"{self.info.size} (changed since listing?)",
             )
         self._buf, self._buf_start = data, start
+        if self._hash is not None:
+            self._hash.update(data)
         self.fetcher.pump()
         return True
+
+    def finish(self) -> None:
+        """Read to the end of the shard and check its SHA-256 against the index, if known.
+
+        Raises:
+            ShardFormatError: If the content does not match the index.
+        """
+        if self._hash is None:
+            return
+        while self._next_chunk():
+            pass
+        digest = self._hash.hexdigest()
+        self._hash = None
+        if digest != self.info.sha256:
+            raise ShardFormatError(
+                self.info.url,
+                self.info.size,
+                f"SHA-256 {digest} does not match the dataset index ({self.info.sha256})",
+            )
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the end of the shard."""
