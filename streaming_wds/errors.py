@@ -15,7 +15,8 @@ Hierarchy::
     │   └── SampleError                    a sample is unusable (shard, offset, key)
     │       ├── MissingFieldError (KeyError)   a schema field is absent (… and field)
     │       └── DecodeError                    a field failed to decode (… and field)
-    └── CheckpointError (ValueError)       a state dict does not fit this dataset/loader
+    ├── CheckpointError (ValueError)       a state dict does not fit this dataset/loader
+    └── JobError                           ``optimize``/``map``: the user function failed (input)
 
 Every message names the shard URL, and where it applies the byte offset of the tar header, the
 sample key and the field.
@@ -130,3 +131,15 @@ class DecodeError(SampleError):
 
 class CheckpointError(StreamingWDSError, ValueError):
     """A state dict cannot be applied: wrong version, or made for other data or topology."""
+
+
+class JobError(StreamingWDSError):
+    """The function given to ``optimize`` or ``map`` failed on an input."""
+
+    def __init__(self, index: int, item: object, cause: str) -> None:
+        shown = repr(item)
+        shown = shown if len(shown) <= 200 else shown[:197] + "..."
+        super().__init__(f"fn failed on input #{index} ({shown}): {cause}")
+        self.index = index
+        self.item = item
+        self.cause = cause

@@ -1,0 +1,252 @@
+"""``optimize``: turn any inputs into WebDataset shards with an index, in parallel, resumably."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tqdm import tqdm
+
+from .config import S3Options
+from .encoding import END_OF_ARCHIVE, Encoder, encode_field, encode_sample
+from .errors import ConfigError, JobError, ShardExistsError
+from .index import DatasetIndex, ShardEntry, describe_shard, read_index, write_index
+from .jobs import job_id, read_manifest, write_manifest
+from .nodes import Node, resolve_node
+from .pool import ordered_map
+from .storage import Storage, open_storage
+from .writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+KIND = "optimize"
+
+
+@dataclass
+class OptimizeResult:
+    """What one node's ``optimize`` call did.
+
+    Attributes:
+        shards: This node's shards, in order.
+        samples: Samples in them.
+        failed: Inputs skipped under ``on_error="skip"`` (in this run).
+        index_written: Whether this node wrote the dataset's ``index.json`` (the last node to
+            finish does).
+    """
+
+    shards: list[ShardEntry] = field(default_factory=list)
+    samples: int = 0
+    failed: int = 0
+    index_written: bool = False
+
+
+class _Encode:
+    """The task run in worker processes: call ``fn`` and encode what it returns."""
+
+    def __init__(self, fn: Callable[[Any], Any], encoder: Encoder) -> None:
+        self.fn = fn
+        self.encoder = encoder
+
+    def __call__(self, item: Any) -> list[bytes]:
+        out = self.fn(item)
+        samples = [out] if isinstance(out, Mapping) else list(out or ())
+        return [encode_sample(s, self.encoder)[1] for s in samples]
+
+
+def optimize(
+    fn: Callable[[Any], Mapping[str, Any] | Iterable[Mapping[str, Any]] | None],
+    inputs: Iterable[Any],
+    output: str | os.PathLike[str] | Storage,
+    *,
+    num_workers: int | None = None,
+    maxcount: int = 10_000,
+    maxsize: int = 1 << 30,
+    s3: S3Options | None = None,
+    num_nodes: int | None = None,
+    node_rank: int | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    progress: bool = True,
+    overwrite: bool = False,
+    encoder: Encoder = encode_field,
+    mp_context: str | None = None,
+) -> OptimizeResult:
+    """Apply ``fn`` to every input in parallel and write what it returns as shards.
+
+    ``fn(input)`` returns a sample (a mapping with ``__key__``), an iterable of samples, or
+    ``None``. Samples are encoded in the worker processes and written in input order, so a
+    deterministic ``fn`` gives the same shard names and bytes whatever ``num_workers`` is. Shards
+    are named ``shard-000000.tar``… (``shard-n0003-000000.tar``… on node 3 of a multi-node job),
+    and ``index.json`` is written when the last node finishes.
+
+    Re-running an interrupted call with the same arguments resumes: it keeps the shards that
+    were completely written, recomputes from the first missing one, and gives the same result as
+    an uninterrupted run.
+
+    Args:
+        fn: Called once per input; must pickle for spawn/forkserver workers.
+        inputs: The inputs; a sequence, or an iterable that is read into a list.
+        output: A local directory, ``file://`` URL, ``s3://bucket/prefix`` or ``Storage``.
+        num_workers: Worker processes (default: CPU count; 0 runs in this process).
+        maxcount: Samples per shard at most.
+        maxsize: Bytes per shard at most.
+        s3: How to reach S3, for ``s3://`` outputs.
+        num_nodes: Machines running the same job (default: from the launcher's environment).
+        node_rank: This machine's index (default: from the launcher's environment).
+        on_error: ``"raise"``: an exception in ``fn`` raises :class:`JobError` naming the input;
+            ``"skip"``: the input is skipped, logged and counted.
+        progress: Show a progress bar of inputs, samples and bytes.
+        overwrite: Allow replacing shards of the same names from another job.
+        encoder: Field encoder (default :func:`encode_field`).
+        mp_context: ``multiprocessing`` start method (default: the platform's).
+
+    Raises:
+        JobError: If ``fn`` fails on an input and ``on_error="raise"``.
+        ShardExistsError: If the output already has shards of these names from elsewhere.
+        ConfigError: For invalid arguments, or a manifest of a different job in the output.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    items: Sequence[Any] = inputs if isinstance(inputs, Sequence) else list(inputs)
+    node = resolve_node(num_nodes, node_rank)
+    share = node.share(len(items))
+    storage = open_storage(output, None, s3)
+    pattern = "shard-%06d.tar" if node.count == 1 else f"shard-n{node.rank:04d}-%06d.tar"
+    fn_name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    job = job_id(KIND, len(items), node.count, maxcount, maxsize, pattern, fn_name)
+
+    state = read_manifest(storage, KIND, node.rank, job)
+    result = OptimizeResult()
+    if state is not None and state.get("done"):
+        result.shards = [ShardEntry(**e) for e in state["entries"]]
+    else:
+        existing = {info.name: info.size for info in storage.list(".tar")}
+        if state is None:
+            if not overwrite and pattern % 0 in existing:
+                raise ShardExistsError(storage.url(pattern % 0))
+            state = {"shards": [], "starts": [[share.start, 0]], "done": False}
+        _resume_point(state, existing, pattern)
+        result = _run(
+            fn,
+            items,
+            share,
+            storage,
+            node,
+            job,
+            state,
+            pattern,
+            maxcount,
+            maxsize,
+            num_workers,
+            on_error,
+            progress,
+            encoder,
+            mp_context,
+        )
+    result.samples = sum(e.samples for e in result.shards)
+    result.index_written = _write_index_if_last(storage, node, job)
+    return result
+
+
+def _resume_point(state: dict[str, Any], existing: dict[str, int], pattern: str) -> None:
+    """Keep the recorded shards that exist with their recorded size; restart after them."""
+    keep = 0
+    for k, shard in enumerate(state["shards"]):
+        if existing.get(pattern % k) != shard["size"]:
+            break
+        keep += 1
+    state["shards"] = state["shards"][:keep]
+    state["starts"] = state["starts"][: keep + 1]
+
+
+def _run(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    share: range,
+    storage: Storage,
+    node: Node,
+    job: str,
+    state: dict[str, Any],
+    pattern: str,
+    maxcount: int,
+    maxsize: int,
+    num_workers: int | None,
+    on_error: str,
+    progress: bool,
+    encoder: Encoder,
+    mp_context: str | None,
+) -> OptimizeResult:
+    kept = len(state["shards"])
+    first, skip = state["starts"][-1]
+    writer = ShardWriter(
+        storage,
+        maxcount=maxcount,
+        maxsize=maxsize,
+        pattern=pattern,
+        start_shard=kept,
+        overwrite=True,
+        index=False,
+    )
+    result = OptimizeResult()
+    bar = tqdm(
+        total=len(share), initial=first - share.start, unit="input", desc="optimize", disable=not progress
+    )
+    cur_samples, cur_bytes, total_bytes = 0, 0, 0
+    try:
+        workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+        for index, ok, out in ordered_map(
+            _Encode(fn, encoder), items, range(first, share.stop), num_workers=workers, mp_context=mp_context
+        ):
+            bar.update(1)
+            if not ok:
+                if on_error == "raise":
+                    raise JobError(index, items[index], out)
+                result.failed += 1
+                log.warning("optimize: on_error='skip': skipped input #%d: %s", index, out.splitlines()[0])
+                continue
+            for offset, data in enumerate(out):
+                if index == first and offset < skip:
+                    continue  # written by the interrupted run, in a shard that was kept
+                before = len(writer.written)
+                writer.write_encoded(data)
+                if len(writer.written) > before:  # the previous shard was closed
+                    state["shards"].append({"samples": cur_samples, "size": cur_bytes + len(END_OF_ARCHIVE)})
+                    state["starts"].append([index, offset])
+                    write_manifest(storage, KIND, node.rank, job, state)
+                    cur_samples, cur_bytes = 0, 0
+                cur_samples += 1
+                cur_bytes += len(data)
+                total_bytes += len(data)
+            bar.set_postfix(samples=writer.total, MB=f"{total_bytes / 1e6:.0f}", refresh=False)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    earlier = [
+        describe_shard(pattern % k, storage.get(pattern % k), storage.url(pattern % k)) for k in range(kept)
+    ]
+    result.shards = earlier + writer.entries
+    state.update(
+        done=True,
+        entries=[
+            {"name": e.name, "samples": e.samples, "size": e.size, "sha256": e.sha256} for e in result.shards
+        ],
+    )
+    write_manifest(storage, KIND, node.rank, job, state)
+    return result
+
+
+def _write_index_if_last(storage: Storage, node: Node, job: str) -> bool:
+    """Merge every node's shards into ``index.json`` once all nodes are done."""
+    entries: list[ShardEntry] = []
+    for rank in range(node.count):
+        state = read_manifest(storage, KIND, rank, job)
+        if state is None or not state.get("done"):
+            return False
+        entries += [ShardEntry(**e) for e in state["entries"]]
+    write_index(storage, (read_index(storage) or DatasetIndex()).merged(entries))
+    return True
