@@ -8,16 +8,23 @@ from .errors import (
     ConfigError,
     DataError,
     DecodeError,
+    JobError,
     MissingFieldError,
     NoShardsError,
+    ObjectNotFoundError,
     PlanningError,
     SampleError,
+    ShardExistsError,
     ShardFormatError,
     ShardNotFoundError,
     StorageError,
     StreamingWDSError,
 )
+from .index import DatasetIndex, ShardEntry, build_index, read_index
 from .loader import StreamingDataLoader
+from .mapping import MapResult, map
+from .nodes import Node, resolve_node
+from .optimize import OptimizeResult, optimize
 from .planner import plan_epoch
 from .storage import LocalStorage, MemoryStorage, ObjectInfo, S3Storage, Storage
 from .world import World
@@ -29,16 +36,24 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DatasetIndex",
     "DecodeError",
+    "JobError",
     "LocalStorage",
+    "MapResult",
     "MemoryStorage",
     "MissingFieldError",
     "NoShardsError",
+    "Node",
     "ObjectInfo",
+    "ObjectNotFoundError",
+    "OptimizeResult",
     "PlanningError",
     "S3Options",
     "S3Storage",
     "SampleError",
+    "ShardEntry",
+    "ShardExistsError",
     "ShardFormatError",
     "ShardNotFoundError",
     "ShardWriter",
@@ -49,6 +64,11 @@ __all__ = [
     "StreamingWDSError",
     "StreamingWebDataset",
     "World",
+    "build_index",
     "encode_field",
+    "map",
+    "optimize",
     "plan_epoch",
+    "read_index",
+    "resolve_node",
 ]
