@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tqdm import tqdm
-
 from .config import S3Options
 from .errors import ConfigError, JobError
 from .jobs import job_id, read_manifest, write_manifest
 from .nodes import resolve_node
 from .pool import ordered_map
+from .progress import progress_bar
 from .storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,7 @@ def map(
     def save() -> None:
         write_manifest(storage, KIND, node.rank, job, {"done": _to_ranges(done)})
 
-    bar = tqdm(total=len(share), initial=result.skipped_done, unit="input", desc="map", disable=not progress)
+    bar = progress_bar(total=len(share), initial=result.skipped_done, desc="map", enabled=progress)
     last_save = time.monotonic()
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     try:

@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tqdm import tqdm
-
 from .config import S3Options
 from .encoding import END_OF_ARCHIVE, Encoder, encode_field, encode_sample
 from .errors import ConfigError, JobError, ShardExistsError
@@ -17,6 +15,7 @@ from .index import DatasetIndex, ShardEntry, describe_shard, read_index, write_i
 from .jobs import job_id, read_manifest, write_manifest
 from .nodes import Node, resolve_node
 from .pool import ordered_map
+from .progress import progress_bar
 from .storage import Storage, open_storage
 from .writer import ShardWriter
 
@@ -190,9 +189,7 @@ def _run(
         index=False,
     )
     result = OptimizeResult()
-    bar = tqdm(
-        total=len(share), initial=first - share.start, unit="input", desc="optimize", disable=not progress
-    )
+    bar = progress_bar(total=len(share), initial=first - share.start, desc="optimize", enabled=progress)
     cur_samples, cur_bytes, total_bytes = 0, 0, 0
     try:
         workers = (os.cpu_count() or 1) if num_workers is None else num_workers
