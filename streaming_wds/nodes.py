@@ -29,7 +29,10 @@ def _from_env(env: Mapping[str, str]) -> tuple[int, int] | None:
     if "NUM_NODES" in env and "NODE_RANK" in env:  # generic / Lightning-style launchers
         return int(env["NODE_RANK"]), int(env["NUM_NODES"])
     if "GROUP_RANK" in env and "WORLD_SIZE" in env and "LOCAL_WORLD_SIZE" in env:  # torchrun
-        return int(env["GROUP_RANK"]), int(env["WORLD_SIZE"]) // int(env["LOCAL_WORLD_SIZE"])
+        local = int(env["LOCAL_WORLD_SIZE"])
+        if local < 1:
+            raise ConfigError(f"launcher environment gives LOCAL_WORLD_SIZE={local}; expected at least 1")
+        return int(env["GROUP_RANK"]), int(env["WORLD_SIZE"]) // local
     if "SLURM_NODEID" in env and ("SLURM_NNODES" in env or "SLURM_JOB_NUM_NODES" in env):
         count = env.get("SLURM_NNODES") or env["SLURM_JOB_NUM_NODES"]
         return int(env["SLURM_NODEID"]), int(count)

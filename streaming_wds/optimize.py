@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -114,7 +115,7 @@ def optimize(
     storage = open_storage(output, None, s3)
     pattern = "shard-%06d.tar" if node.count == 1 else f"shard-n{node.rank:04d}-%06d.tar"
     fn_name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-    job = job_id(KIND, len(items), node.count, maxcount, maxsize, pattern, fn_name)
+    job = job_id(KIND, len(items), node.count, maxcount, maxsize, fn_name)  # the same on every node
 
     state = read_manifest(storage, KIND, node.rank, job)
     result = OptimizeResult()
@@ -123,8 +124,10 @@ def optimize(
     else:
         existing = {info.name: info.size for info in storage.list(".tar")}
         if state is None:
-            if not overwrite and pattern % 0 in existing:
-                raise ShardExistsError(storage.url(pattern % 0))
+            ours = re.compile(re.escape(pattern).replace(re.escape("%06d"), r"\d{6,}") + r"\Z")
+            clash = sorted(name for name in existing if ours.match(name))
+            if clash and not overwrite:
+                raise ShardExistsError(storage.url(clash[0]))
             state = {"shards": [], "starts": [[share.start, 0]], "done": False}
         _resume_point(state, existing, pattern)
         result = _run(

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-# Set in each worker process by the pool initializer (and in-process when num_workers == 0).
+# Set in each worker process by the pool initializer (never in the calling process).
 _TASK: Callable[[Any], Any] | None = None
 
 
@@ -17,10 +17,11 @@ def _init(task: Callable[[Any], Any]) -> None:
     _TASK = task
 
 
-def _run(index: int, item: Any) -> tuple[int, bool, Any]:
-    assert _TASK is not None
+def _run(index: int, item: Any, task: Callable[[Any], Any] | None = None) -> tuple[int, bool, Any]:
+    task = task or _TASK
+    assert task is not None
     try:
-        return index, True, _TASK(item)
+        return index, True, task(item)
     except Exception as exc:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return index, False, f"{detail}\n{traceback.format_exc()}"
@@ -42,9 +43,8 @@ def ordered_map(
     All processes are stopped and joined when the generator ends or is closed.
     """
     if num_workers <= 0:
-        _init(task)
         for i in indices:
-            yield _run(i, items[i])
+            yield _run(i, items[i], task)
         return
     ctx = multiprocessing.get_context(mp_context)
     pool = ctx.Pool(num_workers, initializer=_init, initargs=(task,))
