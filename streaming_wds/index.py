@@ -46,6 +46,13 @@ class ShardEntry(msgspec.Struct, frozen=True):
     sha256: str
 
 
+class _Header(msgspec.Struct):
+    """What every index version has; checked before the rest is decoded."""
+
+    format: str
+    version: int
+
+
 class DatasetIndex(msgspec.Struct, frozen=True, kw_only=True):
     """The whole index (see the module docstring)."""
 
@@ -83,15 +90,20 @@ def read_index(storage: Storage) -> DatasetIndex | None:
         raw = storage.get(INDEX_NAME)
     except ObjectNotFoundError:
         return None
+    url = storage.url(INDEX_NAME)
     try:
-        index = msgspec.json.decode(raw, type=DatasetIndex)
-    except msgspec.ValidationError as exc:
-        raise StorageError(f"{storage.url(INDEX_NAME)} is not a valid dataset index: {exc}") from exc
-    if index.format != FORMAT or index.version != VERSION:
+        header = msgspec.json.decode(raw, type=_Header)
+    except msgspec.DecodeError as exc:
+        raise StorageError(f"{url} is not a valid dataset index: {exc}") from exc
+    if header.format != FORMAT or header.version != VERSION:
         raise StorageError(
-            f"{storage.url(INDEX_NAME)}: index format {index.format!r} version {index.version} "
+            f"{url}: index format {header.format!r} version {header.version} "
             f"is not supported (this version reads {FORMAT!r} version {VERSION})"
         )
+    try:
+        index = msgspec.json.decode(raw, type=DatasetIndex)
+    except msgspec.DecodeError as exc:
+        raise StorageError(f"{url} is not a valid dataset index: {exc}") from exc
     return index
 
 
