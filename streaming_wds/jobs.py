@@ -7,8 +7,11 @@ arguments reads its manifest and skips the work recorded there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import pickle
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -24,6 +27,32 @@ VERSION = 1
 def job_id(*parts: Any) -> str:
     """A short id of a job's arguments: a rerun must match it to resume."""
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _digest(obj: Any) -> str:
+    try:
+        data = pickle.dumps(obj, protocol=4)
+    except Exception:  # not picklable (e.g. a lambda run in-process): fall back to its text
+        data = repr(obj).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def describe_callable(fn: Callable[..., Any]) -> str:
+    """A stable identity of a function: its qualified name, plus bound arguments or state."""
+    if isinstance(fn, functools.partial):
+        return f"partial({describe_callable(fn.func)}, {_digest((fn.args, sorted(fn.keywords.items())))})"
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    if hasattr(fn, "__code__") or isinstance(fn, type):  # a plain function or a class
+        return name
+    return f"{name}#{_digest(fn)}"  # a callable instance: its state matters
+
+
+def digest_inputs(items: Sequence[Any]) -> str:
+    """A digest of a job's inputs, in order (pickled; text for what does not pickle)."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(_digest(item).encode())
+    return h.hexdigest()[:16]
 
 
 def manifest_name(kind: str, node: int) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from .config import S3Options
 from .errors import ConfigError, JobError
-from .jobs import job_id, read_manifest, write_manifest
+from .jobs import describe_callable, digest_inputs, job_id, read_manifest, write_manifest
 from .nodes import resolve_node
 from .pool import ordered_map
 from .progress import progress_bar
@@ -129,8 +129,7 @@ def map(
     storage = open_storage(output_dir, None, s3)
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)
-    fn_name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-    job = job_id(KIND, len(items), node.count, fn_name)
+    job = job_id(KIND, digest_inputs(items), node.count, describe_callable(fn))
     state = read_manifest(storage, KIND, node.rank, job) or {"done": []}
     done = {i for start, stop in state["done"] for i in range(start, stop)}
     todo = [i for i in share if i not in done]

@@ -13,7 +13,7 @@ from .config import S3Options
 from .encoding import END_OF_ARCHIVE, Encoder, encode_field, encode_sample
 from .errors import ConfigError, JobError, ShardExistsError
 from .index import DatasetIndex, ShardEntry, describe_shard, read_index, write_index
-from .jobs import job_id, read_manifest, write_manifest
+from .jobs import describe_callable, digest_inputs, job_id, read_manifest, write_manifest
 from .nodes import Node, resolve_node
 from .pool import ordered_map
 from .progress import progress_bar
@@ -114,8 +114,16 @@ def optimize(
     share = node.share(len(items))
     storage = open_storage(output, None, s3)
     pattern = "shard-%06d.tar" if node.count == 1 else f"shard-n{node.rank:04d}-%06d.tar"
-    fn_name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-    job = job_id(KIND, len(items), node.count, maxcount, maxsize, fn_name)  # the same on every node
+    job = job_id(  # the same on every node
+        KIND,
+        digest_inputs(items),
+        node.count,
+        maxcount,
+        maxsize,
+        on_error,
+        describe_callable(fn),
+        describe_callable(encoder),
+    )
 
     state = read_manifest(storage, KIND, node.rank, job)
     result = OptimizeResult()
