@@ -30,7 +30,7 @@ from .errors import ObjectNotFoundError, ShardFormatError, StorageError
 from .samples import SampleReader
 from .storage import Storage, open_storage
 from .storage.base import ObjectInfo
-from .tar import TarReader
+from .tar import BytesSource, TarReader
 
 INDEX_NAME = "index.json"
 FORMAT = "streaming_wds.index"
@@ -112,31 +112,13 @@ def write_index(storage: Storage, index: DatasetIndex) -> None:
     storage.put(INDEX_NAME, msgspec.json.format(msgspec.json.encode(index), indent=1) + b"\n")
 
 
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos : self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def skip(self, n: int) -> int:
-        done = min(n, len(self.data) - self.pos)
-        self.pos += done
-        return done
-
-    def tell(self) -> int:
-        return self.pos
-
-
 def describe_shard(name: str, data: bytes, url: str) -> ShardEntry:
     """Count the samples of a shard's bytes and hash them.
 
     Raises:
         ShardFormatError: If the bytes are not a valid tar archive.
     """
-    samples = SampleReader(TarReader(_Bytes(data), url))
+    samples = SampleReader(TarReader(BytesSource(data), url))
     count = 0
     while True:
         sample = samples.next_sample()

@@ -10,14 +10,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from .config import S3Options
 from .errors import ConfigError, ObjectNotFoundError
-from .storage import Storage
+from .nodes import Node, resolve_node
+from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,36 @@ def digest_inputs(items: Sequence[Any]) -> str:
     for item in items:
         h.update(_digest(item).encode())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class JobSetup:
+    """What every ``optimize``/``map`` call resolves first."""
+
+    items: Sequence[Any]
+    node: Node
+    share: range
+    storage: Storage
+
+
+def setup_job(
+    inputs: Iterable[Any],
+    output: str | os.PathLike[str] | Storage,
+    s3: S3Options | None,
+    num_nodes: int | None,
+    node_rank: int | None,
+    on_error: str,
+) -> JobSetup:
+    """Check the shared arguments, read the inputs and find this node's share and the output.
+
+    Raises:
+        ConfigError: For an invalid ``on_error`` or node arguments.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    items: Sequence[Any] = inputs if isinstance(inputs, Sequence) else list(inputs)
+    node = resolve_node(num_nodes, node_rank)
+    return JobSetup(items, node, node.share(len(items)), open_storage(output, None, s3))
 
 
 def manifest_name(kind: str, node: int) -> str:

@@ -8,18 +8,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .config import S3Options
-from .errors import ConfigError, JobError
-from .jobs import describe_callable, digest_inputs, job_id, read_manifest, write_manifest
-from .nodes import resolve_node
+from .errors import JobError
+from .jobs import describe_callable, digest_inputs, job_id, read_manifest, setup_job, write_manifest
 from .pool import ordered_map
 from .progress import progress_bar
-from .storage import LocalStorage, Storage, open_storage
+from .storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +120,8 @@ def map(
         JobError: If ``fn`` fails on an input and ``on_error="raise"``.
         ConfigError: For invalid arguments, or a manifest of a different job in the output.
     """
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    items: Sequence[Any] = inputs if isinstance(inputs, Sequence) else list(inputs)
-    node = resolve_node(num_nodes, node_rank)
-    share = node.share(len(items))
-    storage = open_storage(output_dir, None, s3)
+    job_setup = setup_job(inputs, output_dir, s3, num_nodes, node_rank, on_error)
+    items, node, share, storage = job_setup.items, job_setup.node, job_setup.share, job_setup.storage
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)
     job = job_id(KIND, digest_inputs(items), node.count, describe_callable(fn))

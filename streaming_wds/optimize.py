@@ -11,13 +11,13 @@ from typing import Any, Literal
 
 from .config import S3Options
 from .encoding import END_OF_ARCHIVE, Encoder, encode_field, encode_sample
-from .errors import ConfigError, JobError, ShardExistsError
+from .errors import JobError, ShardExistsError
 from .index import DatasetIndex, ShardEntry, describe_shard, read_index, write_index
-from .jobs import describe_callable, digest_inputs, job_id, read_manifest, write_manifest
-from .nodes import Node, resolve_node
+from .jobs import describe_callable, digest_inputs, job_id, read_manifest, setup_job, write_manifest
+from .nodes import Node
 from .pool import ordered_map
 from .progress import progress_bar
-from .storage import Storage, open_storage
+from .storage import Storage
 from .writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,8 @@ def optimize(
         ShardExistsError: If the output already has shards of these names from elsewhere.
         ConfigError: For invalid arguments, or a manifest of a different job in the output.
     """
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    items: Sequence[Any] = inputs if isinstance(inputs, Sequence) else list(inputs)
-    node = resolve_node(num_nodes, node_rank)
-    share = node.share(len(items))
-    storage = open_storage(output, None, s3)
+    job_setup = setup_job(inputs, output, s3, num_nodes, node_rank, on_error)
+    items, node, share, storage = job_setup.items, job_setup.node, job_setup.share, job_setup.storage
     pattern = "shard-%06d.tar" if node.count == 1 else f"shard-n{node.rank:04d}-%06d.tar"
     job = job_id(  # the same on every node
         KIND,

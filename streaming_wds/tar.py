@@ -31,6 +31,27 @@ class ByteSource(Protocol):
     def tell(self) -> int: ...
 
 
+class BytesSource:
+    """A :class:`ByteSource` over bytes already in memory."""
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        done = min(n, len(self.data) - self.pos)
+        self.pos += done
+        return done
+
+    def tell(self) -> int:
+        return self.pos
+
+
 @dataclass(slots=True)
 class Member:
     """A regular file in the archive: its path, the offset of its first header, its bytes."""

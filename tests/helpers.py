@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streaming_wds import MemoryStorage, ShardWriter
+from streaming_wds import MemoryStorage, S3Options, ShardWriter
+from streaming_wds.tar import BytesSource
+
+__all__ = ["BytesSource"]  # re-exported for the tests
 
 
 def sample(i: int, shard_hint: int = 0) -> dict[str, Any]:
@@ -59,22 +64,39 @@ def keys_of(batches: Iterator[dict[str, Any]]) -> list[str]:
     return [k for b in batches for k in b["__key__"]]
 
 
-class BytesSource:
-    """A ``ByteSource`` (what ``TarReader`` reads from) over an in-memory buffer."""
+@dataclass(frozen=True)
+class Server:
+    """A local S3 server: its endpoint, and the options that reach it."""
 
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
+    endpoint: str
 
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos : self.pos + n]
-        self.pos += len(out)
-        return out
+    @property
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint, region="us-east-1")
 
-    def skip(self, n: int) -> int:
-        done = min(n, len(self.data) - self.pos)
-        self.pos += done
-        return done
 
-    def tell(self) -> int:
-        return self.pos
+@contextmanager
+def moto_s3_server(bucket: str) -> Iterator[Server]:
+    """moto's threaded S3 server on 127.0.0.1 and a free port, with ``bucket`` created; stopped
+    on exit. Sets fake credentials for its lifetime (for fixtures wider than a test)."""
+    import boto3
+    import pytest
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.delenv("AWS_PROFILE", raising=False)
+        port = free_port()
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        moto.start()
+        try:
+            srv = Server(f"http://127.0.0.1:{port}")
+            client = boto3.client("s3", endpoint_url=srv.endpoint, region_name="us-east-1")
+            client.create_bucket(Bucket=bucket)
+            client.close()
+            yield srv
+        finally:
+            moto.stop()

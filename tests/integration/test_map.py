@@ -23,10 +23,10 @@ from typing import Any
 import boto3
 import pytest
 import webdataset as wds
-from moto.server import ThreadedMotoServer
 
-from streaming_wds import ConfigError, JobError, MapResult, S3Options, StreamingWebDataset, map
-from tests.helpers import free_port
+from streaming_wds import ConfigError, JobError, MapResult, StreamingWebDataset, map
+from tests.helpers import Server as LocalS3
+from tests.helpers import moto_s3_server
 
 CALLS = "SWDS_TEST_CALLS"  # directory: each call of fn appends a line to a file named by its input
 FAIL_MARKER = "SWDS_TEST_FAIL_MARKER"  # fn raises on input $SWDS_TEST_FAIL_AT while this file exists
@@ -237,12 +237,8 @@ BUCKET = "swds-map"
 
 
 @dataclass(frozen=True)
-class Server:
-    endpoint: str
-
-    @property
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint, region="us-east-1")
+class Server(LocalS3):
+    """The shared local S3 server, plus a listing helper."""
 
     def objects(self, prefix: str) -> dict[str, bytes]:
         client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
@@ -258,22 +254,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        port = free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        moto.start()
-        try:
-            srv = Server(f"http://127.0.0.1:{port}")
-            client = boto3.client("s3", endpoint_url=srv.endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            client.close()
-            yield srv
-        finally:
-            moto.stop()
+    with moto_s3_server(BUCKET) as srv:
+        yield Server(srv.endpoint)
 
 
 @pytest.mark.s3server

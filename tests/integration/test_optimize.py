@@ -22,7 +22,6 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from moto.server import ThreadedMotoServer
 from webdataset import tariterators
 
 from streaming_wds import (
@@ -30,7 +29,6 @@ from streaming_wds import (
     JobError,
     Node,
     OptimizeResult,
-    S3Options,
     S3Storage,
     ShardExistsError,
     ShardWriter,
@@ -40,7 +38,8 @@ from streaming_wds import (
     optimize,
     resolve_node,
 )
-from tests.helpers import free_port
+from tests.helpers import Server as LocalS3
+from tests.helpers import moto_s3_server
 
 # -- the job ---------------------------------------------------------------------------------
 
@@ -707,12 +706,8 @@ BUCKET = "swds-optimize"
 
 
 @dataclass(frozen=True)
-class Server:
-    endpoint: str
-
-    @property
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint, region="us-east-1")
+class Server(LocalS3):
+    """The shared local S3 server, plus a listing helper."""
 
     def objects(self, prefix: str) -> dict[str, bytes]:
         client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
@@ -730,22 +725,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        port = free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        moto.start()
-        try:
-            srv = Server(f"http://127.0.0.1:{port}")
-            client = boto3.client("s3", endpoint_url=srv.endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            client.close()
-            yield srv
-        finally:
-            moto.stop()
+    with moto_s3_server(BUCKET) as srv:
+        yield Server(srv.endpoint)
 
 
 @pytest.mark.s3server

@@ -10,14 +10,11 @@ import gc
 import json
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from streaming_wds import S3Options, ShardWriter, StreamingDataLoader, StreamingWebDataset, StreamOptions
-from tests.helpers import all_keys, free_port, keys_of, sample
+from streaming_wds import ShardWriter, StreamingDataLoader, StreamingWebDataset, StreamOptions
+from tests.helpers import Server, all_keys, keys_of, moto_s3_server, sample
 
 pytestmark = pytest.mark.s3server
 
@@ -27,41 +24,17 @@ PER_SHARD = 6
 OPTIONS = StreamOptions(chunk_size=1024, buffer_bytes=64 * 1024, max_workers=2)
 
 
-@dataclass(frozen=True)
-class Server:
-    endpoint: str
-
-    @property
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint, region="us-east-1")
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     """moto's S3 server on a free local port, with the dataset written to s3://BUCKET/ds."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.delenv("AWS_PROFILE", raising=False)
-        port = free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        moto.start()
-        try:
-            srv = Server(f"http://127.0.0.1:{port}")
-            client = boto3.client("s3", endpoint_url=srv.endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            client.close()
-            with ShardWriter(f"s3://{BUCKET}/ds", maxcount=PER_SHARD, s3=srv.s3) as w:
-                for i in range(NUM_SAMPLES):
-                    w.write(sample(i, i // PER_SHARD))
-            assert w.written == [f"shard-{i:06d}.tar" for i in range(NUM_SAMPLES // PER_SHARD)]
-            del w
-            gc.collect()  # close the writer's connections before the first test looks at threads
-            yield srv
-        finally:
-            moto.stop()
+    with moto_s3_server(BUCKET) as srv:
+        with ShardWriter(f"s3://{BUCKET}/ds", maxcount=PER_SHARD, s3=srv.s3) as w:
+            for i in range(NUM_SAMPLES):
+                w.write(sample(i, i // PER_SHARD))
+        assert w.written == [f"shard-{i:06d}.tar" for i in range(NUM_SAMPLES // PER_SHARD)]
+        del w
+        gc.collect()  # close the writer's connections before the first test looks at threads
+        yield srv
 
 
 def _loader(srv: Server, ctx: str, *, shuffle: bool, seed: int = 0) -> StreamingDataLoader:
