@@ -281,8 +281,8 @@ def test_uploader_raises_the_first_failure_in_submission_order_not_in_time(harne
     for n in ("a.tar", "b.tar", "c.tar"):
         up.submit(n, b"x", 1)
     store.gate.set()  # b succeeds and c fails while a is still held
-    with store.cond:
-        while up.first_failure() is None:  # polls the public API until c's failure has ended
+    with store.cond:  # wait until b's put and c's failed upload have both ended (public API)
+        while up.first_failure() is None or len(store.finished) < 2:
             store.cond.wait(0.01)
     assert up.first_failure() is early
     assert sorted(store.finished) == ["b.tar", "c.tar"]
