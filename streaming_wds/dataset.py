@@ -141,20 +141,14 @@ class StreamingWebDataset(IterableDataset[Any]):
                 f"the length of {self.storage.location} is unknown without a dataset index "
                 "(index.json); write one with ShardWriter or build_index()"
             )
-        if self.rank is not None and self.world_size is not None:
-            rank, world_size = self.rank, self.world_size
-        elif self._bound is not None:
-            rank, world_size = self._bound
-        else:
-            world = resolve_world(None, None)
-            rank, world_size = world.rank, world.world_size
+        world = self._world()
         mine = rank_shards(
             len(shards),
             seed=self.seed,
             epoch=self._epoch,
             shuffle=self.shuffle,
-            rank=rank,
-            world_size=world_size,
+            rank=world.rank,
+            world_size=world.world_size,
         )
         return sum(shards[i].samples or 0 for i in mine)
 

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from .config import S3Options
-from .errors import ConfigError, ObjectNotFoundError
+from .errors import ConfigError, JobError, ObjectNotFoundError
 from .nodes import Node, resolve_node
 from .storage import Storage, open_storage
 
@@ -87,6 +87,17 @@ def setup_job(
     items: Sequence[Any] = inputs if isinstance(inputs, Sequence) else list(inputs)
     node = resolve_node(num_nodes, node_rank)
     return JobSetup(items, node, node.share(len(items)), open_storage(output, None, s3))
+
+
+def skip_or_raise(kind: str, on_error: str, index: int, item: Any, error: str) -> None:
+    """Handle ``fn`` failing on input ``index``: raise :class:`JobError`, or log it for a skip.
+
+    Raises:
+        JobError: Under ``on_error="raise"``.
+    """
+    if on_error == "raise":
+        raise JobError(index, item, error)
+    log.warning("%s: on_error='skip': skipped input #%d: %s", kind, index, error.splitlines()[0])
 
 
 def manifest_name(kind: str, node: int) -> str:

@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import S3Options
-from .errors import JobError
-from .jobs import describe_callable, digest_inputs, job_id, read_manifest, setup_job, write_manifest
+from .jobs import (
+    describe_callable,
+    digest_inputs,
+    job_id,
+    read_manifest,
+    setup_job,
+    skip_or_raise,
+    write_manifest,
+)
 from .pool import ordered_map
 from .progress import progress_bar
 from .storage import LocalStorage, Storage
@@ -135,17 +142,14 @@ def map(
 
     bar = progress_bar(total=len(share), initial=result.skipped_done, desc="map", enabled=progress)
     last_save = time.monotonic()
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     try:
         for index, ok, out in ordered_map(
-            _Apply(fn, storage), items, todo, num_workers=workers, mp_context=mp_context
+            _Apply(fn, storage), items, todo, num_workers=num_workers, mp_context=mp_context
         ):
             bar.update(1)
             if not ok:
-                if on_error == "raise":
-                    raise JobError(index, items[index], out)
+                skip_or_raise(KIND, on_error, index, items[index], out)
                 result.failed += 1
-                log.warning("map: on_error='skip': skipped input #%d: %s", index, out.splitlines()[0])
                 continue
             done.add(index)
             result.files += out[0]

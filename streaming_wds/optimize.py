@@ -9,11 +9,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from .config import S3Options
-from .encoding import END_OF_ARCHIVE, Encoder, encode_field, encode_sample
-from .errors import JobError, ShardExistsError
+from .encoding import Encoder, encode_field, encode_sample
+from .errors import ShardExistsError
 from .index import DatasetIndex, ShardEntry, describe_shard, read_index, write_index
-from .jobs import describe_callable, digest_inputs, job_id, read_manifest, setup_job, write_manifest
+from .jobs import (
+    describe_callable,
+    digest_inputs,
+    job_id,
+    read_manifest,
+    setup_job,
+    skip_or_raise,
+    write_manifest,
+)
 from .nodes import Node
 from .pool import ordered_map
 from .progress import progress_bar
@@ -124,7 +134,7 @@ def optimize(
     state = read_manifest(storage, KIND, node.rank, job)
     result = OptimizeResult()
     if state is not None and state.get("done"):
-        result.shards = [ShardEntry(**e) for e in state["entries"]]
+        result.shards = msgspec.convert(state["entries"], list[ShardEntry])
     else:
         existing = {info.name: info.size for info in storage.list(".tar")}
         if state is None:
@@ -197,31 +207,30 @@ def _run(
     )
     result = OptimizeResult()
     bar = progress_bar(total=len(share), initial=first - share.start, desc="optimize", enabled=progress)
-    cur_samples, cur_bytes, total_bytes = 0, 0, 0
+    total_bytes = 0
     try:
-        workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         for index, ok, out in ordered_map(
-            _Encode(fn, encoder), items, range(first, share.stop), num_workers=workers, mp_context=mp_context
+            _Encode(fn, encoder),
+            items,
+            range(first, share.stop),
+            num_workers=num_workers,
+            mp_context=mp_context,
         ):
             bar.update(1)
             if not ok:
-                if on_error == "raise":
-                    raise JobError(index, items[index], out)
+                skip_or_raise(KIND, on_error, index, items[index], out)
                 result.failed += 1
-                log.warning("optimize: on_error='skip': skipped input #%d: %s", index, out.splitlines()[0])
                 continue
             for offset, data in enumerate(out):
                 if index == first and offset < skip:
                     continue  # written by the interrupted run, in a shard that was kept
-                before = len(writer.written)
+                closed = len(writer.written)
                 writer.write_encoded(data)
-                if len(writer.written) > before:  # the previous shard was closed
-                    state["shards"].append({"samples": cur_samples, "size": cur_bytes + len(END_OF_ARCHIVE)})
+                if len(writer.written) > closed:  # the previous shard was closed; this sample starts the next
+                    samples, size = writer.written_sizes[-1]
+                    state["shards"].append({"samples": samples, "size": size})
                     state["starts"].append([index, offset])
                     write_manifest(storage, KIND, node.rank, job, state)
-                    cur_samples, cur_bytes = 0, 0
-                cur_samples += 1
-                cur_bytes += len(data)
                 total_bytes += len(data)
             bar.set_postfix(samples=writer.total, MB=f"{total_bytes / 1e6:.0f}", refresh=False)
         writer.close()
@@ -234,12 +243,7 @@ def _run(
         describe_shard(pattern % k, storage.get(pattern % k), storage.url(pattern % k)) for k in range(kept)
     ]
     result.shards = earlier + writer.entries
-    state.update(
-        done=True,
-        entries=[
-            {"name": e.name, "samples": e.samples, "size": e.size, "sha256": e.sha256} for e in result.shards
-        ],
-    )
+    state.update(done=True, entries=msgspec.to_builtins(result.shards))
     write_manifest(storage, KIND, node.rank, job, state)
     return result
 
@@ -251,6 +255,6 @@ def _write_index_if_last(storage: Storage, node: Node, job: str) -> bool:
         state = read_manifest(storage, KIND, rank, job)
         if state is None or not state.get("done"):
             return False
-        entries += [ShardEntry(**e) for e in state["entries"]]
+        entries += msgspec.convert(state["entries"], list[ShardEntry])
     write_index(storage, (read_index(storage) or DatasetIndex()).merged(entries))
     return True

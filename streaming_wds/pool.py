@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -32,16 +33,19 @@ def ordered_map(
     items: Sequence[Any],
     indices: Iterable[int],
     *,
-    num_workers: int,
+    num_workers: int | None,
     mp_context: str | None = None,
     window: int | None = None,
 ) -> Iterator[tuple[int, bool, Any]]:
     """Yield ``(index, ok, result or error text)`` for each index, in order.
 
-    With ``num_workers`` > 0 the task runs in that many processes (the task must pickle for
-    spawn and forkserver), with at most ``window`` results in flight, so memory stays bounded.
+    With ``num_workers`` > 0 (``None``: the CPU count) the task runs in that many processes (the
+    task must pickle for spawn and forkserver), with at most ``window`` results in flight, so
+    memory stays bounded; with 0 it runs in this process.
     All processes are stopped and joined when the generator ends or is closed.
     """
+    if num_workers is None:
+        num_workers = os.cpu_count() or 1
     if num_workers <= 0:
         for i in indices:
             yield _run(i, items[i], task)

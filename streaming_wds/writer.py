@@ -84,6 +84,8 @@ class ShardWriter:
         self.index = index
         self.shard = start_shard
         self.written: list[str] = []
+        #: ``(samples, bytes)`` of each shard in :attr:`written`, known as soon as it is closed.
+        self.written_sizes: list[tuple[int, int]] = []
         self.entries: list[ShardEntry] = []
         self.total = 0
         self._max_uploads = max_uploads
@@ -142,8 +144,10 @@ class ShardWriter:
         if failure is not None:
             raise failure
         self._parts.append(END_OF_ARCHIVE)
-        self._uploader.submit(name, b"".join(self._parts), self._count)
+        data = b"".join(self._parts)
+        self._uploader.submit(name, data, self._count)
         self.written.append(name)
+        self.written_sizes.append((self._count, len(data)))
         self.shard += 1
         self._parts, self._size, self._count = [], 0, 0
 
