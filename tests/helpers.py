@@ -74,6 +74,20 @@ class Server:
     def s3(self) -> S3Options:
         return S3Options(endpoint_url=self.endpoint, region="us-east-1")
 
+    def objects(self, bucket: str, prefix: str) -> dict[str, bytes]:
+        """Every object under ``bucket/prefix/``, by name relative to the prefix."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        try:
+            listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", ())
+            return {
+                o["Key"][len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+                for o in listed
+            }
+        finally:
+            client.close()
+
 
 @contextmanager
 def moto_s3_server(bucket: str) -> Iterator[Server]:

@@ -16,17 +16,14 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import webdataset as wds
 
 from streaming_wds import ConfigError, JobError, MapResult, StreamingWebDataset, map
-from tests.helpers import Server as LocalS3
-from tests.helpers import moto_s3_server
+from tests.helpers import Server, moto_s3_server
 
 CALLS = "SWDS_TEST_CALLS"  # directory: each call of fn appends a line to a file named by its input
 FAIL_MARKER = "SWDS_TEST_FAIL_MARKER"  # fn raises on input $SWDS_TEST_FAIL_AT while this file exists
@@ -236,26 +233,10 @@ def test_concurrent_in_process_jobs_in_threads_write_to_their_own_output(tmp_pat
 BUCKET = "swds-map"
 
 
-@dataclass(frozen=True)
-class Server(LocalS3):
-    """The shared local S3 server, plus a listing helper."""
-
-    def objects(self, prefix: str) -> dict[str, bytes]:
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
-        try:
-            listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/").get("Contents", ())
-            return {
-                o["Key"][len(prefix) + 1 :]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
-                for o in listed
-            }
-        finally:
-            client.close()
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     with moto_s3_server(BUCKET) as srv:
-        yield Server(srv.endpoint)
+        yield srv
 
 
 @pytest.mark.s3server
@@ -272,7 +253,7 @@ def test_s3_output_uploads_every_file_under_the_prefix(
     assert result == MapResult(
         done=N, skipped_done=0, files=len(expected), bytes=sum(len(d) for d in expected.values()), failed=0
     )
-    objects = server.objects(prefix)
+    objects = server.objects(BUCKET, prefix)
     assert sorted(objects) == sorted([MANIFEST, *expected])
     assert {n: d for n, d in objects.items() if n != MANIFEST} == expected
 
@@ -306,7 +287,7 @@ def test_s3_output_with_skipped_failures(
         bytes=sum(len(d) for d in expected.values()),
         failed=3,
     )
-    assert {n: d for n, d in server.objects(prefix).items() if n != MANIFEST} == expected
+    assert {n: d for n, d in server.objects(BUCKET, prefix).items() if n != MANIFEST} == expected
     assert list(scratch.iterdir()) == []  # removed after failed calls too
 
 

@@ -14,7 +14,6 @@ import tarfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,7 @@ from streaming_wds import (
     optimize,
     resolve_node,
 )
-from tests.helpers import Server as LocalS3
-from tests.helpers import moto_s3_server
+from tests.helpers import Server, moto_s3_server
 
 # -- the job ---------------------------------------------------------------------------------
 
@@ -705,28 +703,10 @@ def test_concurrent_in_process_jobs_in_threads_are_independent(tmp_path: Path) -
 BUCKET = "swds-optimize"
 
 
-@dataclass(frozen=True)
-class Server(LocalS3):
-    """The shared local S3 server, plus a listing helper."""
-
-    def objects(self, prefix: str) -> dict[str, bytes]:
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
-        try:
-            keys = [
-                o["Key"]
-                for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/").get("Contents", ())
-            ]
-            return {
-                k[len(prefix) + 1 :]: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys
-            }
-        finally:
-            client.close()
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     with moto_s3_server(BUCKET) as srv:
-        yield Server(srv.endpoint)
+        yield srv
 
 
 @pytest.mark.s3server
@@ -736,7 +716,7 @@ def test_s3_output_with_worker_processes(tmp_path: Path, server: Server) -> None
     url = f"s3://{BUCKET}/{prefix}"
     result = run(url, num_workers=2, s3=server.s3)
     assert result == reference
-    objects = server.objects(prefix)
+    objects = server.objects(BUCKET, prefix)
     assert sorted(objects) == sorted(p.name for p in tmp_path.iterdir())
     assert {n: d for n, d in objects.items() if n != MANIFEST} == shards_and_index(tmp_path)
     ds = StreamingWebDataset(url, s3=server.s3, options=OPTIONS)
@@ -755,9 +735,9 @@ def test_s3_rerun_after_a_crash(tmp_path: Path, server: Server, monkeypatch: pyt
     url = f"s3://{BUCKET}/{prefix}"
     err = crash(url, 18, tmp_path / "marker", monkeypatch, num_workers=2, s3=server.s3)
     assert err.index == 18
-    assert sorted(server.objects(prefix)) == [MANIFEST] + [f"shard-{k:06d}.tar" for k in range(4)]
+    assert sorted(server.objects(BUCKET, prefix)) == [MANIFEST] + [f"shard-{k:06d}.tar" for k in range(4)]
     assert run(url, num_workers=2, s3=server.s3) == reference
-    objects = server.objects(prefix)
+    objects = server.objects(BUCKET, prefix)
     assert {n: d for n, d in objects.items() if n != MANIFEST} == shards_and_index(tmp_path / "ref")
 
 
