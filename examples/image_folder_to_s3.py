@@ -37,8 +37,6 @@ import collections
 import functools
 import io
 import json
-import logging
-import os
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from local_s3 import start_local_server
 from PIL import Image
 
 from streaming_wds import S3Options, StreamingWebDataset, optimize
@@ -107,27 +106,6 @@ def to_sample(path: Path, class_index: dict[str, int]) -> dict[str, Any]:
         "cls": class_index[cls_name],  # int -> "2"
         "json": {"file": f"{cls_name}/{path.name}", "class": cls_name, "width": width, "height": height},
     }
-
-
-def start_local_server(stack: ExitStack, bucket: str) -> str:
-    """A moto S3 server on 127.0.0.1 with ``bucket`` created; stopped when ``stack`` closes."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        os.environ.pop(var, None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's per-request log
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # 0: any free port
-    server.start()
-    stack.callback(server.stop)
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    print(f"Local S3 server (moto) at {endpoint}, bucket {bucket!r}")
-    return endpoint
 
 
 class Checks:

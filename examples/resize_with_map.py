@@ -37,8 +37,6 @@ import argparse
 import collections
 import functools
 import io
-import logging
-import os
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+from local_s3 import start_local_server
 from PIL import Image
 
 from streaming_wds import S3Options, map
@@ -104,27 +103,6 @@ def size_problem(name: str, original: tuple[int, int], resized: tuple[int, int],
     if not ok:
         return f"{name}: {w}x{h} became {rw}x{rh}, expected ~{w * scale:.1f}x{h * scale:.1f}"
     return ""
-
-
-def start_local_server(stack: ExitStack, bucket: str) -> str:
-    """A moto S3 server on 127.0.0.1 with ``bucket`` created; stopped when ``stack`` closes."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        os.environ.pop(var, None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's per-request log
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # 0: any free port
-    server.start()
-    stack.callback(server.stop)
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    print(f"Local S3 server (moto) at {endpoint}, bucket {bucket!r}")
-    return endpoint
 
 
 def list_local(out: Path) -> dict[str, bytes]:

@@ -19,8 +19,6 @@ each is uploaded whole when it is closed, so a reader never sees a partial shard
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import random
 import sys
 import time
@@ -28,6 +26,7 @@ from contextlib import ExitStack
 from typing import Any
 from urllib.parse import urlparse
 
+from local_s3 import start_local_server
 from PIL import Image
 
 from streaming_wds import S3Options, ShardWriter, StreamingWebDataset
@@ -44,27 +43,6 @@ def make_sample(i: int, rng: random.Random) -> dict[str, Any]:
         "txt": f"a {cls} coloured {color}",  # str -> UTF-8
         "json": {"index": i, "color": list(color)},  # dict -> JSON
     }
-
-
-def start_local_server(stack: ExitStack, bucket: str) -> str:
-    """A moto S3 server on 127.0.0.1 with ``bucket`` created; stopped when ``stack`` closes."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        os.environ.pop(var, None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's per-request log
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # 0: any free port
-    server.start()
-    stack.callback(server.stop)
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    print(f"started a local S3 server at {endpoint} with bucket {bucket!r}")
-    return endpoint
 
 
 def list_written(output: str, s3: S3Options) -> None:
