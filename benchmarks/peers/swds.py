@@ -1,0 +1,41 @@
+"""streaming-wds (this repository): ``StreamingWebDataset`` + ``StreamingDataLoader``, defaults.
+
+Raw mode leaves every field as bytes; decode mode uses the schema ``jpg: rgb8`` (full-size PIL
+decode), ``cls: int``, ``json: json``; ``decode-draft`` decodes the JPEG at a reduced DCT scale
+(``rgb8`` with ``draft``), for training at <= 187 px short side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENV = "main"
+
+
+def make(cfg: dict[str, Any]) -> Any:
+    from streaming_wds import S3Options, StreamingDataLoader, StreamingWebDataset
+
+    schema: dict[str, Any] = {}
+    if cfg["mode"] == "decode":
+        schema = {"jpg": "rgb8", "cls": "int", "json": "json"}
+    ds = StreamingWebDataset(
+        f"s3://{cfg['bucket']}/{cfg['prefix'].rsplit('/', 1)[0]}",
+        cfg["prefix"].rsplit("/", 1)[1],
+        schema=schema,
+        shuffle=cfg["shuffle"],
+        seed=cfg["seed"],
+        s3=S3Options(endpoint_url=cfg["endpoint"]),
+    )
+    return StreamingDataLoader(ds, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
+
+
+def keys(batch: Any) -> list[str]:
+    return list(batch["__key__"])
+
+
+def check(batch: Any, mode: str) -> None:
+    if mode == "raw":
+        assert isinstance(batch["jpg"][0], bytes) and batch["jpg"][0][:2] == b"\xff\xd8"
+    else:
+        img = batch["jpg"]
+        assert str(img.dtype).endswith("uint8") and tuple(img.shape[1:]) == (375, 500, 3), img.shape
