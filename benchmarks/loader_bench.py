@@ -153,7 +153,7 @@ def python_for(peer: str) -> str | None:
 
     try:
         return str(envs.ensure_env(env))
-    except Exception as exc:  # noqa: BLE001  # a peer that cannot be installed is reported and skipped
+    except Exception as exc:  # a peer that cannot be installed is reported and skipped
         print(f"# {peer}: environment {env!r} unavailable: {exc}", flush=True)
         return None
 
@@ -166,7 +166,9 @@ def prepare(python: str, peer: str, cfg: dict[str, Any]) -> str | None:
         "getattr(p, 'prepare', lambda c: None)(json.loads(sys.argv[3]))"
     )
     env = {**os.environ, **ENV_VARS}
-    proc = subprocess.run([python, "-c", code, str(HERE), peer, json.dumps(cfg)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [python, "-c", code, str(HERE), peer, json.dumps(cfg)], env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
     return None
@@ -194,7 +196,10 @@ def summarize(runs: list[dict[str, Any]], total_bytes: int, expected: tuple[int,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| latency | mode | workers | loader | samples/s | MB/s | first batch s | CPU-s/GB | peak RSS MB | exactly once |"
+    head = (
+        "| latency | mode | workers | loader | samples/s | MB/s | first batch s | CPU-s/GB "
+        "| peak RSS MB | exactly once |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         s = r["summary"]
@@ -275,7 +280,9 @@ def main() -> None:
                 print(f"# ceilings at {latency:g} ms: {out.stdout.strip()}", flush=True)
             ready = []
             for name, python in loaders:
-                err = prepare(python, name, {**base_cfg, "endpoint": endpoint, "mode": "raw", "num_workers": 0})
+                err = prepare(
+                    python, name, {**base_cfg, "endpoint": endpoint, "mode": "raw", "num_workers": 0}
+                )
                 if err:
                     print(f"# {name}: prepare failed, skipped: {err}", flush=True)
                 else:

@@ -59,7 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -110,10 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- verbs ------------------------------------------------------------------------------
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.count("requests")
         bucket, key, query = self._route()
         if not bucket or not (self.server.root / bucket).is_dir():
@@ -126,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._object(bucket, key)
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self.server.count("requests")
         bucket, key, _ = self._route()
         data = self._drain()
@@ -148,9 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
         after = query.get("continuation-token") or query.get("start-after", "")
         base = self.server.root / bucket
         keys = sorted(
-            str(p.relative_to(base))
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
+            str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
         )
         contents: list[str] = []
         prefixes: list[str] = []

@@ -1,21 +1,42 @@
-"""Bounded read-ahead: ranged reads of open shards on a thread pool, within a byte budget.
+"""Bounded read-ahead: streamed reads of open shards on a thread pool, within a byte budget.
 
 A :class:`Fetcher` belongs to one epoch of one consumer. Every :class:`ShardReader` it opens
-reads its shard sequentially in ``chunk_size`` ranges and keeps up to ``readahead`` ranges
-requested ahead. All bookkeeping happens on the consumer's thread; pool threads only run
-``Storage.read_range``, and their exceptions travel back through the futures. What the output
-contains never depends on which download finishes first.
+streams its shard from the start offset with one request (``Storage.open_read``; a request costs
+far more CPU than reading a few MB of its body) and reads it in ``chunk_size`` pieces, keeping up
+to ``readahead`` pieces requested ahead. All bookkeeping happens on the consumer's thread; pool
+threads only read the next planned piece of a stream (one at a time per shard, under its lock),
+and their exceptions travel back through the futures. What the output contains never depends
+on which download finishes first.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import threading
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .config import StreamOptions
 from .errors import ShardFormatError
-from .storage.base import ObjectInfo, Storage
+from .storage.base import ByteStream, ObjectInfo, Storage
+
+_Piece = tuple[int, bytes]  # (offset, data)
+
+
+class _RangeStream:
+    """``open_read`` for a store that only implements ``read_range``."""
+
+    def __init__(self, storage: Storage, name: str, start: int) -> None:
+        self._storage, self._name, self._pos = storage, name, start
+
+    def read(self, n: int) -> bytes:
+        data = self._storage.read_range(self._name, self._pos, self._pos + n)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
 
 
 class Fetcher:
@@ -36,10 +57,17 @@ class Fetcher:
         reader.top_up()
         return reader
 
-    def submit(self, name: str, start: int, stop: int) -> Future[bytes]:
+    def submit(self, reader: ShardReader) -> Future[_Piece]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="swds-fetch")
-        return self._pool.submit(self.storage.read_range, name, start, stop)
+        return self._pool.submit(reader._read_planned)
+
+    def stream(self, name: str, start: int) -> ByteStream:
+        opener = getattr(self.storage, "open_read", None)
+        if opener is None:
+            return _RangeStream(self.storage, name, start)
+        stream: ByteStream = opener(name, start)
+        return stream
 
     def can_charge(self, nbytes: int, asking: ShardReader) -> bool:
         """Whether ``asking`` may buffer ``nbytes`` more.
@@ -70,20 +98,27 @@ class Fetcher:
 
 
 class ShardReader:
-    """Sequential reads of one shard, fed by ranged downloads requested ahead."""
+    """Sequential reads of one shard, fed by pieces of one stream requested ahead."""
 
     def __init__(self, fetcher: Fetcher, info: ObjectInfo, start: int) -> None:
         self.fetcher = fetcher
         self.info = info
         self._next_fetch = start
-        self._pending: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
+        # Pieces planned in order; a pool thread takes the next one under the lock, so futures
+        # may complete with pieces in another order than they were submitted in.
+        self._plan: collections.deque[tuple[int, int]] = collections.deque()
+        self._pending: collections.deque[tuple[int, Future[_Piece]]] = collections.deque()
+        self._arrived: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+        self._stream: ByteStream | None = None
         self._buf = b""
         self._buf_start = start
         self._pos = 0
         self._closed = False
         self.held = 0  # bytes this reader has requested and not yet consumed
-        verify = start == 0 and info.sha256 is not None and fetcher.options.verify_checksums
-        self._hash = hashlib.sha256() if verify else None
+        verify = start == 0 and fetcher.options.verify_checksums
+        self._crc: int | None = 0 if verify and info.crc32 is not None else None
+        self._hash = hashlib.sha256() if verify and self._crc is None and info.sha256 is not None else None
 
     def _charge(self, n: int) -> None:
         self.held += n
@@ -98,52 +133,83 @@ class ShardReader:
         size = self.info.size
         while not self._closed and self._next_fetch < size and len(self._pending) < opts.readahead:
             n = min(opts.chunk_size, size - self._next_fetch)
-            # A reader holding nothing may always fetch one range, so every open shard progresses.
+            # A reader holding nothing may always fetch one piece, so every open shard progresses.
             if self.held and not self.fetcher.can_charge(n, self):
                 break
-            fut = self.fetcher.submit(self.info.name, self._next_fetch, self._next_fetch + n)
-            self._pending.append((self._next_fetch, n, fut))
+            self._plan.append((self._next_fetch, n))
+            self._pending.append((n, self.fetcher.submit(self)))
             self._charge(n)
             self._next_fetch += n
+
+    def _read_planned(self) -> _Piece:
+        """Pool thread: read the next planned piece from the stream."""
+        with self._lock:
+            start, n = self._plan.popleft()
+            if self._closed:
+                return start, b""
+            if self._stream is None:
+                self._stream = self.fetcher.stream(self.info.name, start)
+            return start, self._stream.read(n)
+
+    def _take(self, start: int) -> bytes | None:
+        """The piece at ``start``, waiting for it; ``None`` if none is requested."""
+        while start not in self._arrived:
+            if not self._pending:
+                return None
+            n, fut = self._pending.popleft()
+            try:
+                at, data = fut.result()
+            except BaseException:
+                self._charge(-n)
+                raise
+            if len(data) != n:
+                self._charge(-n)
+                raise ShardFormatError(
+                    self.info.url,
+                    at + len(data),
+                    f"object ended after {at + len(data)} bytes but was listed with "
+                    f"{self.info.size} (changed since listing?)",
+                )
+            self._arrived[at] = data
+        return self._arrived.pop(start)
 
     def _next_chunk(self) -> bool:
         self._charge(-len(self._buf))
         self._buf_start += len(self._buf)
         self._buf, self._pos = b"", 0
-        if not self._pending:
+        if not self._pending and not self._arrived:
             self.top_up()
-            if not self._pending:
-                return False
-        start, n, fut = self._pending.popleft()
-        try:
-            data = fut.result()
-        except BaseException:
-            self._charge(-n)
-            raise
-        if len(data) != n:
-            self._charge(-n)
-            raise ShardFormatError(
-                self.info.url,
-                start + len(data),
-                f"object ended after {start + len(data)} bytes but was listed with "
-                f"{self.info.size} (changed since listing?)",
-            )
-        self._buf, self._buf_start = data, start
-        if self._hash is not None:
+        data = self._take(self._buf_start)
+        if data is None:
+            return False
+        self._buf = data
+        if self._crc is not None:
+            self._crc = zlib.crc32(data, self._crc)
+        elif self._hash is not None:
             self._hash.update(data)
         self.fetcher.pump()
         return True
 
     def finish(self) -> None:
-        """Read to the end of the shard and check its SHA-256 against the index, if known.
+        """Read to the end of the shard and check its CRC-32 (or SHA-256) against the index.
 
         Raises:
             ShardFormatError: If the content does not match the index.
         """
-        if self._hash is None:
+        if self._crc is None and self._hash is None:
             return
         while self._next_chunk():
             pass
+        if self._crc is not None:
+            crc, self._crc = self._crc, None
+            if crc != self.info.crc32:
+                raise ShardFormatError(
+                    self.info.url,
+                    self.info.size,
+                    f"CRC-32 {crc} does not match the dataset index ({self.info.crc32})",
+                )
+            return
+        assert self._hash is not None
         digest = self._hash.hexdigest()
         self._hash = None
         if digest != self.info.sha256:
@@ -188,10 +254,17 @@ class ShardReader:
         if self._closed:
             return
         self._closed = True
-        for _, n, fut in self._pending:
+        for n, fut in self._pending:
             fut.cancel()
             self._charge(-n)
         self._pending.clear()
+        for data in self._arrived.values():
+            self._charge(-len(data))
+        self._arrived.clear()
         self._charge(-len(self._buf))
         self._buf = b""
+        with self._lock:  # waits for a piece being read; later ones see _closed
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
         self.fetcher.forget(self)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .index import ShardEntry
+from .index import ShardEntry, entry_of
 from .storage import Storage
 
 
@@ -26,9 +25,7 @@ class Uploader:
 
     def _upload(self, name: str, data: bytes, samples: int) -> ShardEntry:
         try:
-            entry = ShardEntry(
-                name=name, samples=samples, size=len(data), sha256=hashlib.sha256(data).hexdigest()
-            )
+            entry = entry_of(name, samples, data)
             self.storage.put(name, data)
             return entry
         finally:

@@ -17,6 +17,7 @@ class ObjectInfo(msgspec.Struct, frozen=True):
         etag: Entity tag where the store has one.
         samples: Number of samples, where a dataset index says.
         sha256: Hex SHA-256 of the content, where a dataset index says.
+        crc32: ``zlib.crc32`` of the content, where a dataset index says.
     """
 
     name: str
@@ -25,11 +26,28 @@ class ObjectInfo(msgspec.Struct, frozen=True):
     etag: str | None = None
     samples: int | None = None
     sha256: str | None = None
+    crc32: int | None = None
+
+
+class ByteStream(Protocol):
+    """Sequential reads of one object from some offset; returned by ``Storage.open_read``."""
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the object's end."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable
 class Storage(Protocol):
-    """What streaming-wds needs from a store. Implementations must pickle."""
+    """What streaming-wds needs from a store. Implementations must pickle.
+
+    A store may also have ``open_read(name, start) -> ByteStream``: a stream of the object from
+    byte ``start`` with one request for the rest of it (opening may be lazy, so a missing object
+    may raise ``ShardNotFoundError`` on the first read). Shards are then read through it; a store
+    without it is read with one ``read_range`` per piece.
+    """
 
     @property
     def location(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ObjectNotFoundError, ShardNotFoundError, StorageError
 from .base import ObjectInfo
@@ -50,6 +51,17 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot read {path} bytes {start}-{stop}: {exc}") from exc
 
+    def open_read(self, name: str, start: int) -> _FileStream:
+        path = self.root / name
+        try:
+            f = open(path, "rb")  # noqa: SIM115  # closed by the stream
+        except FileNotFoundError:
+            raise ShardNotFoundError(str(path)) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+        f.seek(start)
+        return _FileStream(f, path)
+
     def get(self, name: str) -> bytes:
         path = self.root / name
         try:
@@ -69,3 +81,18 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class _FileStream:
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        self._f = f
+        self._path = path
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self._f.read(n)
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._f.close()

@@ -36,6 +36,13 @@ class MemoryStorage:
         self.reads += 1
         return data[start:stop]
 
+    def open_read(self, name: str, start: int) -> _MemoryStream:
+        try:
+            data = self.objects[name]
+        except KeyError:
+            raise ShardNotFoundError(self.url(name)) from None
+        return _MemoryStream(self, data, start)
+
     def get(self, name: str) -> bytes:
         try:
             return self.objects[name]
@@ -44,3 +51,19 @@ class MemoryStorage:
 
     def put(self, name: str, data: bytes) -> None:
         self.objects[name] = bytes(data)
+
+
+class _MemoryStream:
+    def __init__(self, store: MemoryStorage, data: bytes, pos: int) -> None:
+        self._store = store
+        self._data = data
+        self._pos = pos
+
+    def read(self, n: int) -> bytes:
+        self._store.reads += 1
+        out = self._data[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass

@@ -134,6 +134,9 @@ class S3Storage:
                 raise self._error("read", f"{self.url(name)} bytes {start}-{stop}", exc) from exc
             raise
 
+    def open_read(self, name: str, start: int) -> _S3Stream:
+        return _S3Stream(self, name, start)
+
     def get(self, name: str) -> bytes:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
@@ -162,6 +165,62 @@ class S3Storage:
             if isinstance(exc, S3UploadFailedError) or _is_client_error(exc) or _is_botocore_error(exc):
                 raise self._error("write", self.url(name), exc) from exc
             raise
+
+
+class _S3Stream:
+    """One ``GetObject`` for ``bytes=start-``, sent on the first read, its body read in pieces."""
+
+    def __init__(self, store: S3Storage, name: str, start: int) -> None:
+        self._store = store
+        self._name = name
+        self._pos = start
+        self._body: Any = None
+        self._ended = False
+
+    def _open(self) -> None:
+        store = self._store
+        try:
+            resp = store.client.get_object(
+                Bucket=store.bucket, Key=store._key(self._name), Range=f"bytes={self._pos}-"
+            )
+        except Exception as exc:
+            if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
+                raise ShardNotFoundError(store.url(self._name)) from exc
+            if _is_client_error(exc) and _code(exc) in ("InvalidRange", "416"):
+                self._ended = True  # the range starts at or past the end: nothing there
+                return
+            if _is_client_error(exc) or _is_botocore_error(exc):
+                raise store._error("read", f"{store.url(self._name)} from byte {self._pos}", exc) from exc
+            raise
+        self._body = resp["Body"]
+
+    def read(self, n: int) -> bytes:
+        if self._body is None and not self._ended:
+            self._open()
+        if self._ended:
+            return b""
+        parts: list[bytes] = []
+        need = n
+        try:
+            while need > 0:
+                part = self._body.read(need)
+                if not part:
+                    self._ended = True
+                    break
+                parts.append(part)
+                need -= len(part)
+        except Exception as exc:
+            if _is_botocore_error(exc) or isinstance(exc, OSError):
+                at = f"{self._store.url(self._name)} at byte {self._pos + n - need}"
+                raise self._store._error("read", at, exc) from exc
+            raise
+        self._pos += n - need
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
 
 
 def _is_client_error(exc: Exception) -> bool:

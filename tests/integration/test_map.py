@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,7 @@ def test_cli_indexes_webdataset_shards(tmp_path: Path) -> None:
                 "samples": count,
                 "size": p.stat().st_size,
                 "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                "crc32": zlib.crc32(p.read_bytes()),
             }
             for p, count in zip(paths, (4, 3), strict=True)
         ],

@@ -13,6 +13,7 @@ import os
 import tarfile
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ def check_output(
                 "samples": len(chunk),
                 "size": (root / name).stat().st_size,
                 "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest(),
+                "crc32": zlib.crc32((root / name).read_bytes()),
             }
             for name, chunk in zip(names, chunks, strict=True)
         ],

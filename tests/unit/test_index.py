@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,7 @@ def test_build_index_of_webdataset_shards_and_reading_with_it(
                 samples=c,
                 size=(tmp_path / n).stat().st_size,
                 sha256=sha((tmp_path / n).read_bytes()),
+                crc32=zlib.crc32((tmp_path / n).read_bytes()),
             )
             for n, c in zip(names, [3, 5, 1, 4], strict=True)
         ],
@@ -343,8 +345,9 @@ def test_build_index_of_an_empty_location(tmp_path: Path, make: str) -> None:
 def test_describe_shard() -> None:
     store = memory_dataset(3, 3)
     data = store.objects["shard-000000.tar"]
-    assert describe_shard("n.tar", data, "u") == ShardEntry("n.tar", 3, len(data), sha(data))
-    assert describe_shard("e.tar", b"", "u") == ShardEntry("e.tar", 0, 0, sha(b""))
+    want = ShardEntry("n.tar", 3, len(data), sha(data), zlib.crc32(data))
+    assert describe_shard("n.tar", data, "u") == want
+    assert describe_shard("e.tar", b"", "u") == ShardEntry("e.tar", 0, 0, sha(b""), 0)
 
 
 # -- len and num_samples ----------------------------------------------------------------------
@@ -440,7 +443,7 @@ def test_a_corrupt_shard_fails_its_checksum_after_its_samples() -> None:
     store, name = corrupted_dataset()
     index = read_index(store)
     assert index is not None
-    want = index.shards[1].sha256
+    want = index.shards[1].crc32
     ds = StreamingWebDataset(store)
     it = iter(ds)
     got = []
@@ -448,16 +451,32 @@ def test_a_corrupt_shard_fails_its_checksum_after_its_samples() -> None:
         for s in it:
             got.append(s)
     # every sample of the corrupt shard was handed out (with the changed byte) before the end
-    # of the shard could be hashed
+    # of the shard could be checked
     assert [s["__key__"] for s in got] == all_keys(8)
     assert got[5]["txt"] == b"Sample 5"
     assert exc.value.url == f"memory://mem/{name}"
     assert exc.value.offset == len(store.objects[name])
     assert str(exc.value) == (
-        f"memory://mem/{name} at byte {len(store.objects[name])}: SHA-256 "
-        f"{sha(store.objects[name])} does not match the dataset index ({want})"
+        f"memory://mem/{name} at byte {len(store.objects[name])}: CRC-32 "
+        f"{zlib.crc32(store.objects[name])} does not match the dataset index ({want})"
     )
     assert list(it) == []  # the stream is closed
+
+
+def test_an_index_without_crc32_is_checked_with_sha256() -> None:
+    """Indexes written before CRC-32s were recorded still verify their shards, by SHA-256."""
+    store, name = corrupted_dataset()
+    index = read_index(store)
+    assert index is not None
+    old = DatasetIndex.of(msgspec.structs.replace(s, crc32=None) for s in index.shards)
+    write_index(store, old)
+    assert b"crc32" not in store.objects[INDEX_NAME]
+    with pytest.raises(ShardFormatError) as exc:
+        list(StreamingWebDataset(store))
+    assert str(exc.value) == (
+        f"memory://mem/{name} at byte {len(store.objects[name])}: SHA-256 "
+        f"{sha(store.objects[name])} does not match the dataset index ({index.shards[1].sha256})"
+    )
 
 
 def test_a_corrupt_shard_is_counted_when_skipping() -> None:
@@ -515,7 +534,7 @@ def test_only_shards_read_from_byte_0_are_verified(taken: int) -> None:
     ds2.load_state_dict(state)
     got = []
     if taken == 6:
-        with pytest.raises(ShardFormatError, match=r"SHA-256 [0-9a-f]{64} does not match the dataset index"):
+        with pytest.raises(ShardFormatError, match=r"CRC-32 \d+ does not match the dataset index"):
             for s in ds2:
                 got.append(s["__key__"])
         assert head + got == all_keys(8)

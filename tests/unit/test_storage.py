@@ -644,3 +644,41 @@ def test_dataset_skips_an_s3_shard_that_shrank_after_listing(s3: Any) -> None:
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     s3.put_object(Bucket=BUCKET, Key=key, Body=body[:1024])  # cut at a chunk boundary
     _check_skipped_shrunk_shard(ds)
+
+
+# -- streamed reads -----------------------------------------------------------------------------
+
+
+def _drain(stream: Any, n: int) -> list[bytes]:
+    out = []
+    while piece := stream.read(n):
+        out.append(piece)
+    stream.close()
+    return out
+
+
+def test_local_open_read_streams_from_an_offset(tmp_path: Path) -> None:
+    (tmp_path / "a.tar").write_bytes(b"0123456789")
+    store = LocalStorage(tmp_path)
+    assert _drain(store.open_read("a.tar", 3), 4) == [b"3456", b"789"]
+    assert _drain(store.open_read("a.tar", 10), 4) == []
+    with pytest.raises(ShardNotFoundError):
+        store.open_read("gone.tar", 0)
+
+
+def test_memory_open_read_streams_from_an_offset() -> None:
+    store = MemoryStorage({"a.tar": b"0123456789"})
+    assert _drain(store.open_read("a.tar", 1), 5) == [b"12345", b"6789"]
+    with pytest.raises(ShardNotFoundError):
+        store.open_read("gone.tar", 0)
+
+
+def test_s3_open_read_is_one_request_from_an_offset(s3: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key="p/a.tar", Body=b"0123456789")
+    store = S3Storage(BUCKET, "p")
+    assert _drain(store.open_read("a.tar", 2), 3) == [b"234", b"567", b"89"]
+    assert _drain(store.open_read("a.tar", 10), 3) == []  # at the end: nothing there
+    assert _drain(store.open_read("a.tar", 0), 100) == [b"0123456789"]
+    with pytest.raises(ShardNotFoundError) as exc:
+        store.open_read("gone.tar", 0).read(1)  # the request goes out on the first read
+    assert exc.value.url == f"s3://{BUCKET}/p/gone.tar"

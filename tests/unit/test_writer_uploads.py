@@ -7,6 +7,7 @@ import io
 import os
 import tarfile
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,13 @@ def keys_in(data: bytes) -> list[str]:
 
 
 def entry(name: str, data: bytes, samples: int) -> ShardEntry:
-    return ShardEntry(name=name, samples=samples, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    return ShardEntry(
+        name=name,
+        samples=samples,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        crc32=zlib.crc32(data),
+    )
 
 
 def upload_threads() -> list[threading.Thread]:
@@ -445,6 +452,7 @@ def test_index_is_written_last_with_exact_entries() -> None:
                 "samples": c,
                 "size": len(store.objects[n]),
                 "sha256": hashlib.sha256(store.objects[n]).hexdigest(),
+                "crc32": zlib.crc32(store.objects[n]),
             }
             for n, c in zip(names(3), [3, 3, 2], strict=True)
         ],

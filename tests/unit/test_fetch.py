@@ -1,0 +1,112 @@
+"""Streamed read-ahead: pieces of one stream per shard, in order whatever thread reads them."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from streaming_wds import MemoryStorage, StorageError, StreamingWebDataset, StreamOptions
+from streaming_wds.fetch import Fetcher
+from streaming_wds.storage.base import ObjectInfo
+from tests.helpers import all_keys, memory_dataset
+
+
+class RangeOnlyStorage:
+    """A store written before ``open_read`` existed: ranged reads only."""
+
+    def __init__(self, inner: MemoryStorage) -> None:
+        self.inner = inner
+        self.ranges: list[tuple[str, int, int]] = []
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def list(self, suffix: str) -> list[ObjectInfo]:
+        return self.inner.list(suffix)
+
+    def read_range(self, name: str, start: int, stop: int) -> bytes:
+        self.ranges.append((name, start, stop))
+        return self.inner.read_range(name, start, stop)
+
+    def get(self, name: str) -> bytes:
+        return self.inner.get(name)
+
+    def put(self, name: str, data: bytes) -> None:
+        self.inner.put(name, data)
+
+    def url(self, name: str) -> str:
+        return self.inner.url(name)
+
+
+def test_a_store_without_open_read_is_read_by_ranges() -> None:
+    store = RangeOnlyStorage(memory_dataset(20, 5))
+    opts = StreamOptions(chunk_size=1000, interleave=2, shuffle_block=2)
+    got = [s["__key__"] for s in StreamingWebDataset(store, shuffle=True, options=opts)]
+    assert sorted(got) == all_keys(20)
+    shard0 = [(a, b) for n, a, b in store.ranges if n == "shard-000000.tar"]
+    size = len(store.inner.objects["shard-000000.tar"])
+    assert shard0 == [(a, min(a + 1000, size)) for a in range(0, size, 1000)]
+
+
+class JitteryStorage(MemoryStorage):
+    """Streams whose reads take random time, so read-ahead futures finish in any order."""
+
+    def open_read(self, name: str, start: int) -> Any:
+        inner = super().open_read(name, start)
+        rng = random.Random(start)
+        lock = threading.Lock()
+
+        class Slow:
+            def read(self, n: int) -> bytes:
+                with lock:
+                    delay = rng.random() / 500
+                time.sleep(delay)
+                return inner.read(n)
+
+            def close(self) -> None:
+                inner.close()
+
+        return Slow()
+
+
+def test_pieces_come_back_in_order_whichever_thread_reads_them() -> None:
+    base = memory_dataset(30, 10)
+    store = JitteryStorage(base.objects)
+    opts = StreamOptions(chunk_size=512, readahead=4, max_workers=8, interleave=3, shuffle_block=3)
+    fetcher = Fetcher(store, opts, max_readers=1)
+    info = store.list(".tar")[0]
+    reader = fetcher.open(info)
+    try:
+        got = b""
+        while piece := reader.read(300):
+            got += piece
+    finally:
+        fetcher.close()
+    assert got == store.objects[info.name]
+    assert fetcher.charged == 0
+    shuffled = [s["__key__"] for s in StreamingWebDataset(store, shuffle=True, seed=3, options=opts)]
+    assert shuffled == [s["__key__"] for s in StreamingWebDataset(base, shuffle=True, seed=3, options=opts)]
+
+
+class FailingStream(MemoryStorage):
+    def open_read(self, name: str, start: int) -> Any:
+        class Broken:
+            def read(self, n: int) -> bytes:
+                raise StorageError(f"cannot read memory://mem/{name}: connection reset")
+
+            def close(self) -> None:
+                pass
+
+        return Broken()
+
+
+def test_a_stream_error_reaches_the_consumer_and_threads_are_joined() -> None:
+    store = FailingStream(memory_dataset(4, 2).objects)
+    with pytest.raises(StorageError, match="connection reset"):
+        list(StreamingWebDataset(store))
+    assert not [t for t in threading.enumerate() if t.name.startswith("swds-fetch")]
