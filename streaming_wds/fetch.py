@@ -149,7 +149,10 @@ class ShardReader:
                 return start, b""
             if self._stream is None:
                 self._stream = self.fetcher.stream(self.info.name, start)
-            return start, self._stream.read(n)
+            data = self._stream.read(n)
+            if self._crc is not None:  # pieces are read in order under the lock
+                self._crc = zlib.crc32(data, self._crc)  # releases the GIL
+            return start, data
 
     def _take(self, start: int) -> bytes | None:
         """The piece at ``start``, waiting for it; ``None`` if none is requested."""
@@ -183,9 +186,7 @@ class ShardReader:
         if data is None:
             return False
         self._buf = data
-        if self._crc is not None:
-            self._crc = zlib.crc32(data, self._crc)
-        elif self._hash is not None:
+        if self._hash is not None:
             self._hash.update(data)
         self.fetcher.pump()
         return True
@@ -201,7 +202,8 @@ class ShardReader:
         while self._next_chunk():
             pass
         if self._crc is not None:
-            crc, self._crc = self._crc, None
+            with self._lock:
+                crc, self._crc = self._crc, None
             if crc != self.info.crc32:
                 raise ShardFormatError(
                     self.info.url,

@@ -17,6 +17,8 @@ Restoring a state taken after an epoch ended starts the next epoch (a plain
 
 from __future__ import annotations
 
+import itertools
+import os
 import warnings
 from typing import Any
 
@@ -24,10 +26,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .dataset import StreamingWebDataset
 from .errors import CheckpointError
+from .transfer import PackingCollate, forget_rings
 from .world import distributed_rank_world
 
 FORMAT_KEY = "streaming_wds"
 VERSION = 1
+SHARED_MEMORY_BYTES = 16 * 1024 * 1024
+_tokens = itertools.count()
 
 
 class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdata is untyped
@@ -37,8 +42,14 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     dataset in the main process, so it holds with and without ``persistent_workers``. Shards are
     listed once, in the main process, before workers start.
 
+    Batches from worker processes: every ``bytes`` object of at least 1 KB in a collated batch
+    crosses from the worker to the main process through a shared-memory ring of
+    ``shared_memory_bytes`` per worker (in ``/dev/shm``) instead of the result pipe, and arrives
+    as ordinary ``bytes``. A batch that does not fit at the moment goes through the pipe.
+
     Args:
         dataset: The dataset to load.
+        shared_memory_bytes: Size of each worker's ring; 0 sends everything through the pipe.
         **kwargs: Passed to ``StatefulDataLoader`` (``batch_size``, ``num_workers``,
             ``collate_fn``, ``persistent_workers``, ``multiprocessing_context``, …).
     """
@@ -46,9 +57,19 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     _iterator: Any
     _initial_iter_for_state_dict: bool
 
-    def __init__(self, dataset: StreamingWebDataset, **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: StreamingWebDataset, *, shared_memory_bytes: int = SHARED_MEMORY_BYTES, **kwargs: Any
+    ) -> None:
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
+        self._swds_packing: PackingCollate | None = None
+        if shared_memory_bytes > 0 and kwargs.get("num_workers", 0) > 0:
+            from torch.utils.data import default_collate, default_convert
+
+            inner = kwargs.get("collate_fn") or (
+                default_convert if kwargs.get("batch_size", 1) is None else default_collate
+            )
+            self._swds_packing = kwargs["collate_fn"] = PackingCollate(inner, shared_memory_bytes)
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in recent torch: not actionable here
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -83,6 +104,11 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
 
     def _get_iterator(self) -> Any:
         self._prepare()
+        packing = self._swds_packing
+        if packing is not None:  # new workers: new rings; the previous workers' are unmapped
+            if packing.token:
+                forget_rings(packing.token)
+            packing.token = f"{os.getpid()}-{id(self):x}-{next(_tokens)}"
         return super()._get_iterator()
 
     def __iter__(self) -> Any:

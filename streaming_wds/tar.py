@@ -14,6 +14,7 @@ from typing import Protocol
 from .errors import ShardFormatError
 
 BLOCK = 512
+_ZEROS = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")
 _SKIPPED = (b"5",)  # directories
 _REFUSED = {
@@ -74,7 +75,7 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _octal(header[148:156])
     except ValueError:  # not octal digits: not a tar header at all
         return False
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32
@@ -132,7 +133,7 @@ class TarReader:
                 return None
             if len(header) != BLOCK:
                 raise ShardFormatError(self.url, offset, f"truncated tar header ({len(header)} of 512 bytes)")
-            if header.count(0) == BLOCK:
+            if header == _ZEROS:
                 if first_offset is not None:
                     raise ShardFormatError(self.url, offset, "end-of-archive marker after an extended header")
                 self.ended = True
