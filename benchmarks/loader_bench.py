@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_data import BUCKET, PREFIX, SPLIT, DataSpec, ensure_dataset, shard_files  # noqa: E402
 
-DEFAULT_LOADERS = "swds,naive,wds_curl,wds_boto3,swds01,mosaic,litdata_peer"
+DEFAULT_LOADERS = "swds,swds_draft,naive,wds_curl,wds_boto3,swds01,mosaic,litdata_peer"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ENV_VARS = {
     "AWS_ACCESS_KEY_ID": "benchmark",
@@ -143,6 +143,12 @@ def peer_env(peer: str) -> str:
     if not m:
         raise RuntimeError(f"peers/{peer}.py declares no ENV")
     return m.group(1)
+
+
+def peer_modes(peer: str) -> list[str] | None:
+    """The modes a peer declares (``MODES = ("decode",)``), or ``None`` for all."""
+    m = re.search(r"^MODES\s*=\s*\(([^)]*)\)", (HERE / "peers" / f"{peer}.py").read_text(), re.M)
+    return re.findall(r'"([^"]+)"', m.group(1)) if m else None
 
 
 def python_for(peer: str) -> str | None:
@@ -290,13 +296,14 @@ def main() -> None:
             for mode in args.modes.split(","):
                 for workers in (int(x) for x in args.workers.split(",")):
                     cfg = {**base_cfg, "endpoint": endpoint, "mode": mode, "num_workers": workers}
-                    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in ready}
+                    here = [(n, py) for n, py in ready if mode in (peer_modes(n) or [mode])]
+                    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in here}
                     for _ in range(args.runs):
-                        for name, python in ready:
+                        for name, python in here:
                             r = run_one(python, name, cfg, args.timeout)
                             runs[name].append(r)
                             print(f"# {latency:g} ms {mode} w={workers} {name}: {r}", flush=True)
-                    for name, _ in ready:
+                    for name, _ in here:
                         rows.append(
                             {
                                 "latency_ms": latency,

@@ -323,6 +323,10 @@ class _HTTPServer(ThreadingHTTPServer):
         self.stats: dict[str, int] = {"requests": 0, "bytes": 0}
         self._stats_lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client hanging up is normal
+            super().handle_error(request, client_address)
+
     def count(self, what: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[what] += n

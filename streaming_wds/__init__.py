@@ -2,6 +2,7 @@
 
 from .config import S3Options, StreamOptions
 from .dataset import StreamingWebDataset
+from .decoders import ImageDecoder
 from .encoding import encode_field
 from .errors import (
     CheckpointError,
@@ -38,6 +39,7 @@ __all__ = [
     "DataError",
     "DatasetIndex",
     "DecodeError",
+    "ImageDecoder",
     "JobError",
     "LocalStorage",
     "MapResult",

@@ -57,7 +57,7 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
         shuffle_block: Samples read together from one shard and permuted when shuffling.
         prefetch: Upcoming shards opened (and downloaded into the buffer) ahead of use.
         max_workers: Download threads per worker.
-        chunk_size: Bytes per ranged read.
+        chunk_size: Bytes per piece read from a shard's stream (the unit of read-ahead).
         readahead: Chunks per open shard requested ahead of the reader.
         buffer_bytes: Budget of downloaded-but-unparsed bytes per worker.
         verify_checksums: Check each shard read from its start against the CRC-32 (or, in an
@@ -69,7 +69,7 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
     shuffle_block: int = 8
     prefetch: int = 2
     max_workers: int = 8
-    chunk_size: int = 2 * MiB
+    chunk_size: int = MiB // 2
     readahead: int = 2
     buffer_bytes: int = 128 * MiB
     verify_checksums: bool = True

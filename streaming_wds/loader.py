@@ -31,7 +31,7 @@ from .world import distributed_rank_world
 
 FORMAT_KEY = "streaming_wds"
 VERSION = 1
-SHARED_MEMORY_BYTES = 16 * 1024 * 1024
+SHARED_MEMORY_BYTES = 8 * 1024 * 1024
 _tokens = itertools.count()
 
 

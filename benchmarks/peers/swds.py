@@ -2,12 +2,16 @@
 
 Raw mode leaves every field as bytes; decode mode uses the schema ``jpg: rgb8`` (full-size PIL
 decode), ``cls: int``, ``json: json``; ``decode-draft`` decodes the JPEG at a reduced DCT scale
-(``rgb8`` with ``draft``), for training at <= 187 px short side.
+(see ``swds_draft.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import boto3  # noqa: F401  # imported here like every peer imports it: imports are not timed
+
+import streaming_wds  # noqa: F401
 
 ENV = "main"
 
@@ -15,8 +19,8 @@ ENV = "main"
 def make(cfg: dict[str, Any]) -> Any:
     from streaming_wds import S3Options, StreamingDataLoader, StreamingWebDataset
 
-    schema: dict[str, Any] = {}
-    if cfg["mode"] == "decode":
+    schema: dict[str, Any] = cfg.get("schema") or {}
+    if cfg["mode"] == "decode" and not schema:
         schema = {"jpg": "rgb8", "cls": "int", "json": "json"}
     ds = StreamingWebDataset(
         f"s3://{cfg['bucket']}/{cfg['prefix'].rsplit('/', 1)[0]}",

@@ -16,6 +16,7 @@ from PIL import Image
 from streaming_wds import (
     ConfigError,
     DecodeError,
+    ImageDecoder,
     MemoryStorage,
     MissingFieldError,
     SampleError,
@@ -347,3 +348,63 @@ def test_missing_field_skipped_and_counted() -> None:
     ds = StreamingWebDataset(store, schema={"json": "json"}, on_error="skip")
     assert [(s["__key__"], s["json"]) for s in ds] == [("k3", {"x": 1})]
     assert ds.error_counts == {"missing_field": 5}
+
+
+# -- ImageDecoder -------------------------------------------------------------------------------
+
+
+def jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_image_decoder_without_draft_equals_a_full_pil_decode() -> None:
+    data = jpeg(64, 48)
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    for output, want in (("rgb8", full), ("torchrgb8", np.transpose(full, (2, 0, 1)))):
+        got = ImageDecoder(output)(data)
+        assert np.array_equal(np.asarray(got), want)
+    assert np.array_equal(ImageDecoder("rgb8")(data), DECODERS["rgb8"](data))
+    assert ImageDecoder("pil")(data).size == (64, 48)
+    assert float(ImageDecoder("torchrgb")(data).max()) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("draft", "shape"),
+    [
+        ((64, 48), (48, 64)),
+        ((32, 24), (24, 32)),
+        ((31, 20), (24, 32)),
+        ((16, 12), (12, 16)),
+        ((8, 6), (6, 8)),
+    ],
+)
+def test_draft_decodes_jpeg_at_the_smallest_scale_at_least_that_large(
+    draft: tuple[int, int], shape: tuple[int, int]
+) -> None:
+    data = jpeg(64, 48)
+    out = ImageDecoder("rgb8", draft=draft)(data)
+    assert (out.dtype, out.shape) == (np.uint8, (*shape, 3))
+
+
+def test_draft_leaves_other_formats_at_full_size() -> None:
+    assert ImageDecoder("rgb8", draft=(1, 1))(RGB_PNG).shape == (2, 3, 3)
+
+
+def test_image_decoder_in_a_schema_and_pickled() -> None:
+    dec = ImageDecoder("rgb8", draft=(32, 24))
+    assert resolve_schema({"jpg": dec}) == {"jpg": dec}
+    clone = pickle.loads(pickle.dumps(dec))
+    assert repr(clone) == "ImageDecoder('rgb8', draft=(32, 24))"
+
+
+def test_image_decoder_rejects_bad_options() -> None:
+    with pytest.raises(ConfigError, match="output must be one of pil, rgb8, torchrgb8, torchrgb, got 'bgr'"):
+        ImageDecoder("bgr")
+    with pytest.raises(
+        ConfigError, match=r"draft must be a \(width, height\) of positive sizes, got \(0, 5\)"
+    ):
+        ImageDecoder(draft=(0, 5))
