@@ -268,6 +268,7 @@ def main() -> None:
         "seed": 0,
         "shuffle": not args.no_shuffle,
         "workdir": str(args.data / "work"),
+        "root": str(args.data),
     }
     (args.data / "work").mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -4,8 +4,9 @@
 nothing more: ``ListObjectsV2`` (prefix, delimiter, ``max-keys``, continuation tokens,
 ``start-after``), ``HeadBucket``, ``HeadObject`` and ``GetObject`` with ``Range`` and the
 conditional headers (``If-Match``, ``If-None-Match``, ``If-Modified-Since``,
-``If-Unmodified-Since``), and plain ``PutObject`` (including ``aws-chunked`` bodies). Requests
-are not authenticated, so ``curl http://127.0.0.1:PORT/bucket/key`` works too.
+``If-Unmodified-Since``), ``PutObject`` (including ``aws-chunked`` bodies) and multipart
+uploads (create, upload part, complete, abort), so boto3's ``upload_file`` works. Requests are
+not authenticated, so ``curl http://127.0.0.1:PORT/bucket/key`` works too.
 
 Bodies go out with ``os.sendfile``, so serving costs about as little CPU as a static file
 server: the point is to leave the two cores to the loader under test. Options emulate a remote
@@ -19,9 +20,11 @@ Run it in its own process (``python benchmarks/s3server.py ROOT --latency-ms 20`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
 import html
 import os
+import socket
 import sys
 import threading
 import time
@@ -128,8 +131,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self.server.count("requests")
-        bucket, key, _ = self._route()
+        bucket, key, query = self._route()
         data = self._drain()
+        if "uploadId" in query:  # UploadPart
+            part = self.server.parts_dir(query["uploadId"]) / f"{int(query['partNumber']):05d}"
+            part.write_bytes(data)
+            self._reply(200, headers={"ETag": f'"{len(data):x}-{query["partNumber"]}"'})
+            return
         if not key:
             (self.server.root / bucket).mkdir(parents=True, exist_ok=True)
             self._reply(200)
@@ -140,6 +148,52 @@ class _Handler(BaseHTTPRequestHandler):
         tmp.write_bytes(data)
         os.replace(tmp, path)
         self._reply(200, headers={"ETag": _etag(path.stat())})
+
+    def do_POST(self) -> None:
+        self.server.count("requests")
+        bucket, key, query = self._route()
+        self._drain()
+        if "uploads" in query:  # CreateMultipartUpload
+            upload = f"{threading.get_ident():x}{time.monotonic_ns():x}"
+            self.server.parts_dir(upload).mkdir(parents=True)
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<InitiateMultipartUploadResult xmlns="{_XMLNS}">'
+                f"<Bucket>{html.escape(bucket)}</Bucket><Key>{html.escape(key)}</Key>"
+                f"<UploadId>{upload}</UploadId></InitiateMultipartUploadResult>"
+            )
+            self._reply(200, body.encode(), {"Content-Type": "application/xml"})
+        elif "uploadId" in query:  # CompleteMultipartUpload: parts in number order
+            parts_dir = self.server.parts_dir(query["uploadId"])
+            path = self.server.root / bucket / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{threading.get_ident()}.part")
+            with open(tmp, "wb") as out:
+                for part in sorted(parts_dir.iterdir()):
+                    out.write(part.read_bytes())
+                    part.unlink()
+            parts_dir.rmdir()
+            os.replace(tmp, path)
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult xmlns="{_XMLNS}">'
+                f"<Bucket>{html.escape(bucket)}</Bucket><Key>{html.escape(key)}</Key>"
+                f"<ETag>{html.escape(_etag(path.stat()))}</ETag></CompleteMultipartUploadResult>"
+            )
+            self._reply(200, body.encode(), {"Content-Type": "application/xml"})
+        else:
+            self._error(501, "NotImplemented", "only multipart uploads are POSTed here")
+
+    def do_DELETE(self) -> None:
+        self.server.count("requests")
+        bucket, key, query = self._route()
+        if "uploadId" in query:  # AbortMultipartUpload
+            parts_dir = self.server.parts_dir(query["uploadId"])
+            for part in parts_dir.glob("*"):
+                part.unlink()
+            if parts_dir.exists():
+                parts_dir.rmdir()
+        else:
+            (self.server.root / bucket / key).unlink(missing_ok=True)
+        self._reply(204)
 
     def _list(self, bucket: str, query: dict[str, str]) -> None:
         prefix = query.get("prefix", "")
@@ -312,7 +366,7 @@ def _parse_range(spec: str, size: int) -> tuple[int, int] | None:
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+    daemon_threads = False  # server_close() joins the connection threads
     request_queue_size = 128
 
     def __init__(self, root: Path, latency: float, bandwidth: float | None) -> None:
@@ -322,6 +376,29 @@ class _HTTPServer(ThreadingHTTPServer):
         self.throttle = _Throttle(bandwidth) if bandwidth else None
         self.stats: dict[str, int] = {"requests": 0, "bytes": 0}
         self._stats_lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._stats_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._stats_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def hang_up(self) -> None:
+        """End every open connection, so that their threads finish."""
+        with self._stats_lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def parts_dir(self, upload: str) -> Path:
+        if not upload.isalnum():
+            raise ValueError(f"bad upload id {upload!r}")
+        return self.root / ".uploads" / upload
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client hanging up is normal
@@ -361,6 +438,7 @@ class S3Server:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
+        self._httpd.hang_up()
         self._httpd.server_close()
 
     def __enter__(self) -> S3Server:
@@ -384,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        server._httpd.hang_up()
         server._httpd.server_close()
         print(f"STATS {server.stats}", file=sys.stderr, flush=True)
 
