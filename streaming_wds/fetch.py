@@ -21,7 +21,7 @@ from .config import StreamOptions
 from .errors import ShardFormatError
 from .storage.base import ByteStream, ObjectInfo, Storage
 
-_Piece = tuple[int, bytes]  # (offset, data)
+_Piece = tuple[int, int, bytes]  # (offset, planned size, data)
 
 
 class _RangeStream:
@@ -146,27 +146,29 @@ class ShardReader:
         with self._lock:
             start, n = self._plan.popleft()
             if self._closed:
-                return start, b""
+                return start, n, b""
             if self._stream is None:
                 self._stream = self.fetcher.stream(self.info.name, start)
             data = self._stream.read(n)
             if self._crc is not None:  # pieces are read in order under the lock
                 self._crc = zlib.crc32(data, self._crc)  # releases the GIL
-            return start, data
+            return start, n, data
 
     def _take(self, start: int) -> bytes | None:
         """The piece at ``start``, waiting for it; ``None`` if none is requested."""
         while start not in self._arrived:
             if not self._pending:
                 return None
-            n, fut = self._pending.popleft()
+            submitted, fut = self._pending.popleft()
             try:
-                at, data = fut.result()
+                # not necessarily the piece planned when this future was submitted: the size to
+                # check is the one planned for the piece it read
+                at, n, data = fut.result()
             except BaseException:
-                self._charge(-n)
+                self._charge(-submitted)
                 raise
             if len(data) != n:
-                self._charge(-n)
+                self._charge(-submitted)
                 raise ShardFormatError(
                     self.info.url,
                     at + len(data),
