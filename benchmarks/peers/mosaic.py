@@ -70,13 +70,13 @@ def prepare(cfg: dict[str, Any]) -> None:
 
 
 class _Dataset(StreamingDataset):  # type: ignore[misc]
-    def __init__(self, *, decode: bool, **kw: Any) -> None:
+    def __init__(self, *, decoded: bool, **kw: Any) -> None:
         super().__init__(**kw)
-        self.decode = decode
+        self.decoded = decoded
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         sample: dict[str, Any] = super().__getitem__(idx)
-        return decode(sample) if self.decode else sample
+        return decode(sample) if self.decoded else sample
 
 
 def make(cfg: dict[str, Any]) -> Iterable[Any]:
@@ -85,7 +85,7 @@ def make(cfg: dict[str, Any]) -> Iterable[Any]:
         shutil.rmtree(old, ignore_errors=True)
     clean_stale_shared_memory()
     ds = _Dataset(
-        decode=cfg["mode"] == "decode",
+        decoded=cfg["mode"] == "decode",
         remote=f"s3://{cfg['bucket']}/{_remote_prefix(cfg)}",
         local=tempfile.mkdtemp(prefix="mosaic-cache-", dir=cfg["workdir"]),
         shuffle=bool(cfg["shuffle"]),

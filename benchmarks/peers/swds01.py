@@ -27,21 +27,39 @@ How 0.1.28 works and what that forces here:
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streaming_wds import StreamingDataLoader, StreamingWebDataset, decoders
-
 ENV = "swds01"
 
-decoders.register_decoder("int", lambda b: int(b))
+
+def _import_release() -> Any:
+    """``streaming_wds`` from site-packages, never this checkout's package of the same name (which
+    shadows it when the repo root, or ``''`` with the repo root as cwd, is on ``sys.path``)."""
+    root = Path(__file__).resolve().parents[2]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    try:
+        module = importlib.import_module("streaming_wds")
+    finally:
+        sys.path[:] = saved
+    assert "site-packages" in str(module.__file__), f"wrong streaming_wds: {module.__file__}"
+    return module
 
 
-class _KeyedDataset(StreamingWebDataset):  # type: ignore[misc]
+_swds = _import_release()
+
+_swds.decoders.register_decoder("int", lambda b: int(b))
+
+
+class _KeyedDataset(_swds.StreamingWebDataset):  # type: ignore[misc,name-defined]
     def _decode_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = super()._decode_sample(sample)
         out["__key__"] = os.path.basename(out["__wds_sample_key__"])
@@ -73,7 +91,7 @@ def make(cfg: dict[str, Any]) -> Iterable[Any]:
         schema=schema,
         file_cache_limit_bytes=1 << 40,
     )
-    return StreamingDataLoader(
+    return _swds.StreamingDataLoader(
         ds, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], collate_fn=collate
     )
 
