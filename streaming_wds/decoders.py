@@ -63,31 +63,55 @@ def decode_npy(data: bytes) -> Any:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_pil(data: bytes) -> Any:
+def _open_rgb(data: bytes, draft: tuple[int, int] | None = None) -> Any:
+    """The image in ``data`` as an RGB ``PIL.Image``, JPEGs reduced by ``draft`` if given."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
+        if draft is not None:
+            img.draft("RGB", draft)
         img.load()
         return img if img.mode == "RGB" else img.convert("RGB")  # convert would copy an RGB image
 
 
-def decode_rgb8(data: bytes) -> Any:
+def _rgb8_of(img: Any) -> Any:
     import numpy as np
 
-    return np.asarray(decode_pil(data), dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _torchrgb8_of(img: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(_rgb8_of(img).copy()).permute(2, 0, 1).contiguous()
+
+
+def _torchrgb_of(img: Any) -> Any:
+    return _torchrgb8_of(img).float().div_(255.0)
+
+
+_FROM_RGB: dict[str, Callable[[Any], Any]] = {
+    "pil": lambda img: img,
+    "rgb8": _rgb8_of,
+    "torchrgb8": _torchrgb8_of,
+    "torchrgb": _torchrgb_of,
+}
+
+
+def decode_pil(data: bytes) -> Any:
+    return _open_rgb(data)
+
+
+def decode_rgb8(data: bytes) -> Any:
+    return _rgb8_of(_open_rgb(data))
 
 
 def decode_torchrgb8(data: bytes) -> Any:
-    import torch
-
-    return torch.from_numpy(decode_rgb8(data).copy()).permute(2, 0, 1).contiguous()
+    return _torchrgb8_of(_open_rgb(data))
 
 
 def decode_torchrgb(data: bytes) -> Any:
-    return decode_torchrgb8(data).float().div_(255.0)
-
-
-_IMAGE_OUTPUTS = ("pil", "rgb8", "torchrgb8", "torchrgb")
+    return _torchrgb_of(_open_rgb(data))
 
 
 class ImageDecoder:
@@ -103,39 +127,20 @@ class ImageDecoder:
     """
 
     def __init__(self, output: str = "rgb8", *, draft: tuple[int, int] | None = None) -> None:
-        if output not in _IMAGE_OUTPUTS:
-            raise ConfigError(
-                f"ImageDecoder: output must be one of {', '.join(_IMAGE_OUTPUTS)}, got {output!r}"
-            )
+        if output not in _FROM_RGB:
+            raise ConfigError(f"ImageDecoder: output must be one of {', '.join(_FROM_RGB)}, got {output!r}")
         if draft is not None and (len(draft) != 2 or min(draft) < 1):
             raise ConfigError(
                 f"ImageDecoder: draft must be a (width, height) of positive sizes, got {draft!r}"
             )
         self.output = output
-        self.draft = tuple(draft) if draft is not None else None
+        self.draft = (draft[0], draft[1]) if draft is not None else None
 
     def __repr__(self) -> str:
         return f"ImageDecoder({self.output!r}, draft={self.draft!r})"
 
     def __call__(self, data: bytes) -> Any:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            if self.draft is not None:
-                img.draft("RGB", self.draft)
-            img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-        if self.output == "pil":
-            return rgb
-        import numpy as np
-
-        array = np.asarray(rgb, dtype=np.uint8)
-        if self.output == "rgb8":
-            return array
-        import torch
-
-        chw = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-        return chw if self.output == "torchrgb8" else chw.float().div_(255.0)
+        return _FROM_RGB[self.output](_open_rgb(data, self.draft))
 
 
 def decode_pickle(data: bytes) -> Any:
