@@ -138,14 +138,18 @@ def _worker_ring(token: str, capacity: int) -> _WorkerRing | None:
     return ring
 
 
+# Both walks descend into exactly the same containers (plain dicts, lists and tuples; subclasses
+# such as named tuples are left as they are), so every blob written to the ring is swapped out.
+
+
 def _blobs(obj: Any, out: list[bytes]) -> None:
     if type(obj) is bytes:
         if len(obj) >= _MIN_BYTES:
             out.append(obj)
-    elif isinstance(obj, dict):
+    elif type(obj) is dict:
         for v in obj.values():
             _blobs(v, out)
-    elif isinstance(obj, (list, tuple)):
+    elif type(obj) is list or type(obj) is tuple:
         for v in obj:
             _blobs(v, out)
 
@@ -153,8 +157,8 @@ def _blobs(obj: Any, out: list[bytes]) -> None:
 def _swap(obj: Any, refs: dict[int, _RingRef]) -> Any:
     if type(obj) is bytes:
         return refs.get(id(obj), obj)
-    if isinstance(obj, dict):
-        return type(obj)({k: _swap(v, refs) for k, v in obj.items()}) if type(obj) is dict else obj
+    if type(obj) is dict:
+        return {k: _swap(v, refs) for k, v in obj.items()}
     if type(obj) is list:
         return [_swap(v, refs) for v in obj]
     if type(obj) is tuple:

@@ -98,3 +98,18 @@ def test_ring_space_is_reused_once_the_main_process_has_read_it() -> None:
         transfer._rings.pop((token, os.getpid())).unlink()
         transfer.forget_rings(token)
     assert not glob.glob(f"/dev/shm/swds-ring-{token}-*")
+
+
+def test_containers_it_does_not_rebuild_are_left_whole_and_use_no_ring_space() -> None:
+    import collections
+
+    token = f"test-sub-{os.getpid()}"
+    blob = bytes(5000)
+    odd = collections.OrderedDict(b=blob)
+    try:
+        packed = transfer.pack({"plain": [blob], "odd": odd}, token, capacity=8000)
+        assert isinstance(packed["plain"][0], transfer._RingRef)
+        assert packed["odd"] is odd
+        assert transfer._rings[(token, os.getpid())].head == len(blob)  # only the swapped blob
+    finally:
+        transfer._rings.pop((token, os.getpid())).unlink()
