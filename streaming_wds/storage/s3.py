@@ -123,20 +123,37 @@ class S3Storage:
             raise
         return sorted(infos, key=lambda i: i.name)
 
-    def read_range(self, name: str, start: int, stop: int) -> bytes:
-        if stop <= start:
-            return b""
-        key = self._key(name)
+    def _ranged_body(self, name: str, byte_range: str, target: str) -> Any:
+        """The body of ``GetObject`` for ``byte_range`` (``bytes=a-b`` or ``bytes=a-``), or
+        ``None`` if the range starts at or past the end: nothing there.
+
+        Raises:
+            ShardNotFoundError: If the object does not exist.
+            StorageError: For any other failure, naming ``target``.
+        """
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
-            return bytes(resp["Body"].read())
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name), Range=byte_range)["Body"]
         except Exception as exc:
             if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
                 raise ShardNotFoundError(self.url(name)) from exc
             if _is_client_error(exc) and _code(exc) in ("InvalidRange", "416"):
-                return b""  # the range starts at or past the end: nothing there
+                return None
             if _is_client_error(exc) or _is_botocore_error(exc):
-                raise self._error("read", f"{self.url(name)} bytes {start}-{stop}", exc) from exc
+                raise self._error("read", target, exc) from exc
+            raise
+
+    def read_range(self, name: str, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        target = f"{self.url(name)} bytes {start}-{stop}"
+        body = self._ranged_body(name, f"bytes={start}-{stop - 1}", target)
+        if body is None:
+            return b""
+        try:
+            return bytes(body.read())
+        except Exception as exc:
+            if _is_botocore_error(exc):
+                raise self._error("read", target, exc) from exc
             raise
 
     def open_read(self, name: str, start: int) -> _S3Stream:
@@ -183,21 +200,9 @@ class _S3Stream:
         self._ended = False
 
     def _open(self) -> None:
-        store = self._store
-        try:
-            resp = store.client.get_object(
-                Bucket=store.bucket, Key=store._key(self._name), Range=f"bytes={self._pos}-"
-            )
-        except Exception as exc:
-            if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
-                raise ShardNotFoundError(store.url(self._name)) from exc
-            if _is_client_error(exc) and _code(exc) in ("InvalidRange", "416"):
-                self._ended = True  # the range starts at or past the end: nothing there
-                return
-            if _is_client_error(exc) or _is_botocore_error(exc):
-                raise store._error("read", f"{store.url(self._name)} from byte {self._pos}", exc) from exc
-            raise
-        self._body = resp["Body"]
+        target = f"{self._store.url(self._name)} from byte {self._pos}"
+        self._body = self._store._ranged_body(self._name, f"bytes={self._pos}-", target)
+        self._ended = self._body is None
 
     def read(self, n: int) -> bytes:
         if self._body is None and not self._ended:
