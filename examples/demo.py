@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
-import os
 import random
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
 from typing import Any
 
 import torch
+from checks import Checks
+from local_s3 import start_local_server
 from PIL import Image, ImageDraw
 
 from streaming_wds import (
@@ -43,15 +44,6 @@ URL = f"s3://{BUCKET}/{PREFIX}"
 SCHEMA = {".jpg": "torchrgb8", ".cls": "int", ".json": "json"}
 WIDTH, HEIGHT = 64, 48
 NUM_CLASSES = 10
-
-
-def use_fake_credentials() -> None:
-    """The local server accepts anything; make sure nothing reaches a real AWS account."""
-    os.environ["AWS_ACCESS_KEY_ID"] = "testing"
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
-    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        os.environ.pop(var, None)
 
 
 def make_sample(i: int, rng: random.Random) -> dict[str, Any]:
@@ -87,19 +79,6 @@ def make_loader(s3: S3Options, batch_size: int, num_workers: int) -> StreamingDa
 
 def keys_of(batches: Iterable[dict[str, Any]]) -> list[str]:
     return [k for b in batches for k in b["__key__"]]
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.results: list[tuple[str, bool, str]] = []
-
-    def check(self, name: str, ok: bool, detail: str = "") -> None:
-        self.results.append((name, ok, detail))
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f" ({detail})" if detail else ""))
-
-    @property
-    def failed(self) -> list[str]:
-        return [name for name, ok, _ in self.results if not ok]
 
 
 def check_batch(batch: dict[str, Any], batch_size: int) -> list[str]:
@@ -220,11 +199,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  mixing:         mean distinct shards per batch of {bs}: {distinct:.1f}")
     print(f"  checkpoint:     {len(text.encode())} bytes of JSON, positions only")
     print(f"  resumed at:     sample {len(before)} of {total} (after batch {stop_after})")
-    if checks.failed:
-        print(f"\nFAILED: {len(checks.failed)} check(s): {', '.join(checks.failed)}")
-        return 1
-    print(f"\nAll {len(checks.results)} checks passed.")
-    return 0
+    return checks.summary()
 
 
 def _first_diff(a: list[str], b: list[str]) -> int:
@@ -246,24 +221,11 @@ def main() -> int:
     if args.stop_after * args.batch_size >= args.shards * args.per_shard:
         parser.error("--stop-after must leave part of the epoch to resume")
 
-    from moto.server import ThreadedMotoServer
-
-    use_fake_credentials()
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's per-request log
-    # port=0: the OS picks a free port, with no race against other programs picking it too
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    args.endpoint_url = f"http://{host}:{port}"
     t0 = time.perf_counter()
-    try:
-        import boto3
-
-        boto3.client("s3", endpoint_url=args.endpoint_url).create_bucket(Bucket=BUCKET)
-        print(f"Local S3 server (moto) at {args.endpoint_url}, bucket {BUCKET!r}\n")
+    with ExitStack() as stack:  # the server stops when the stack closes, whatever happens
+        args.endpoint_url = start_local_server(stack, BUCKET)
+        print()
         rc = run(args)
-    finally:
-        server.stop()
     print(f"Total time {time.perf_counter() - t0:.1f}s")
     return rc
 

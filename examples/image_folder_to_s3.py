@@ -43,10 +43,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
-from local_s3 import start_local_server
+from checks import Checks
+from local_s3 import add_s3_arguments, s3_output, start_local_server
 from PIL import Image
 
 from streaming_wds import S3Options, StreamingWebDataset, optimize
@@ -106,18 +106,6 @@ def to_sample(path: Path, class_index: dict[str, int]) -> dict[str, Any]:
         "cls": class_index[cls_name],  # int -> "2"
         "json": {"file": f"{cls_name}/{path.name}", "class": cls_name, "width": width, "height": height},
     }
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-        self.count = 0
-
-    def check(self, name: str, ok: bool, detail: str = "") -> None:
-        self.count += 1
-        if not ok:
-            self.failed.append(name)
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f" ({detail})" if detail else ""))
 
 
 def read_back(
@@ -227,11 +215,7 @@ def run(args: argparse.Namespace, s3: S3Options, root: Path, channels: dict[str,
             print(f"   {entry.name:<20} {entry.samples:>7} {entry.size:>12,}  {entry.sha256[:16]}…")
         print(f"   {'total':<20} {index.total_samples:>7} {sum(e.size for e in index.shards):>12,}")
 
-    if checks.failed:
-        print(f"\nFAILED: {len(checks.failed)} check(s): {', '.join(checks.failed)}")
-        return 1
-    print(f"\nAll {checks.count} checks passed.")
-    return 0
+    return checks.summary()
 
 
 def main() -> int:
@@ -241,20 +225,12 @@ def main() -> int:
     parser.add_argument("--input", type=Path, help="image folder root/<class>/*.jpg (default: synthetic)")
     parser.add_argument("--classes", type=int, default=3, help="synthetic folder: classes")
     parser.add_argument("--per-class", type=int, default=40, help="synthetic folder: images per class")
-    parser.add_argument("--output", default="s3://demo/image-folder/train", help="s3://bucket/prefix")
-    parser.add_argument(
-        "--endpoint-url", help="S3-compatible endpoint; without it, a local server is started"
-    )
-    parser.add_argument("--profile", help="AWS profile for --endpoint-url (default: boto3's chain)")
+    add_s3_arguments(parser, "s3://demo/image-folder/train")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--maxcount", type=int, default=50, help="samples per shard at most")
     parser.add_argument("--maxsize-mb", type=float, default=256, help="shard size in MB at most")
     args = parser.parse_args()
-    url = urlparse(args.output)
-    if url.scheme != "s3" or not url.netloc:
-        parser.error(f"--output must look like s3://bucket/prefix, got {args.output!r}")
-    if args.profile and not args.endpoint_url:
-        parser.error("--profile needs --endpoint-url (without it, a local server with fake keys is used)")
+    url = s3_output(parser, args)
     if args.input is not None and not args.input.is_dir():
         parser.error(f"--input {args.input} is not a directory")
 

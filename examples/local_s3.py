@@ -1,10 +1,13 @@
-"""Shared by the examples: a local S3 server (moto) on 127.0.0.1, so they run offline."""
+"""Shared by the examples: a local S3 server (moto) on 127.0.0.1, so they run offline, and the
+command-line options that choose between it and a real store."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from contextlib import ExitStack
+from urllib.parse import ParseResult, urlparse
 
 
 def start_local_server(stack: ExitStack, bucket: str) -> str:
@@ -30,3 +33,22 @@ def start_local_server(stack: ExitStack, bucket: str) -> str:
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     print(f"Local S3 server (moto) at {endpoint}, bucket {bucket!r}")
     return endpoint
+
+
+def add_s3_arguments(parser: argparse.ArgumentParser, default_output: str) -> None:
+    """``--output s3://bucket/prefix``, ``--endpoint-url`` and ``--profile``."""
+    parser.add_argument("--output", default=default_output, help="s3://bucket/prefix")
+    parser.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint; without it, a local server is started"
+    )
+    parser.add_argument("--profile", help="AWS profile for --endpoint-url (default: boto3's chain)")
+
+
+def s3_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ParseResult:
+    """The parsed ``--output``, after checking it and that ``--profile`` comes with an endpoint."""
+    url = urlparse(args.output)
+    if url.scheme != "s3" or not url.netloc:
+        parser.error(f"--output must look like s3://bucket/prefix, got {args.output!r}")
+    if args.profile and not args.endpoint_url:
+        parser.error("--profile needs --endpoint-url (without it, a local server with fake keys is used)")
+    return url

@@ -45,7 +45,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-from local_s3 import start_local_server
+from checks import Checks
+from local_s3 import add_s3_arguments, s3_output, start_local_server
 from PIL import Image
 
 from streaming_wds import S3Options, map
@@ -132,18 +133,6 @@ def list_s3(output: str, s3: S3Options) -> dict[str, bytes]:
         for key in keys
         if not key.rsplit("/", 1)[-1].startswith(MANIFEST_PREFIX)
     }
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-        self.count = 0
-
-    def check(self, name: str, ok: bool, detail: str = "") -> None:
-        self.count += 1
-        if not ok:
-            self.failed.append(name)
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f" ({detail})" if detail else ""))
 
 
 def verify(
@@ -252,11 +241,7 @@ def run(args: argparse.Namespace, s3: S3Options, root: Path, local_out: Path) ->
     )
     checks.check("the re-run skips every input", again.skipped_done == len(paths) and again.files == 0)
 
-    if checks.failed:
-        print(f"\nFAILED: {len(checks.failed)} check(s): {', '.join(checks.failed)}")
-        return 1
-    print(f"\nAll {checks.count} checks passed.")
-    return 0
+    return checks.summary()
 
 
 def main() -> int:
@@ -268,18 +253,10 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=40, help="synthetic folder: images per class")
     parser.add_argument("--max-side", type=int, default=64, help="longest side of the resized images")
     parser.add_argument("--local-output", type=Path, help="local output folder (default: a temporary one)")
-    parser.add_argument("--output", default="s3://demo/resized", help="s3://bucket/prefix")
-    parser.add_argument(
-        "--endpoint-url", help="S3-compatible endpoint; without it, a local server is started"
-    )
-    parser.add_argument("--profile", help="AWS profile for --endpoint-url (default: boto3's chain)")
+    add_s3_arguments(parser, "s3://demo/resized")
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args()
-    url = urlparse(args.output)
-    if url.scheme != "s3" or not url.netloc:
-        parser.error(f"--output must look like s3://bucket/prefix, got {args.output!r}")
-    if args.profile and not args.endpoint_url:
-        parser.error("--profile needs --endpoint-url (without it, a local server with fake keys is used)")
+    url = s3_output(parser, args)
     if args.input is not None and not args.input.is_dir():
         parser.error(f"--input {args.input} is not a directory")
     if args.max_side < 1:

@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from typing import Any
 from urllib.parse import urlparse
 
-from local_s3 import start_local_server
+from local_s3 import add_s3_arguments, s3_output, start_local_server
 from PIL import Image
 
 from streaming_wds import S3Options, ShardWriter, StreamingWebDataset
@@ -70,20 +70,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output", default="s3://demo/my-dataset/train", help="s3://bucket/prefix")
-    parser.add_argument(
-        "--endpoint-url", help="S3-compatible endpoint; without it, a local server is started"
-    )
-    parser.add_argument("--profile", help="AWS profile for --endpoint-url (default: boto3's chain)")
+    add_s3_arguments(parser, "s3://demo/my-dataset/train")
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--maxcount", type=int, default=250, help="samples per shard at most")
     parser.add_argument("--maxsize-mb", type=float, default=64, help="shard size in MB at most")
     args = parser.parse_args()
-    url = urlparse(args.output)
-    if url.scheme != "s3" or not url.netloc:
-        parser.error(f"--output must look like s3://bucket/prefix, got {args.output!r}")
-    if args.profile and not args.endpoint_url:
-        parser.error("--profile needs --endpoint-url (without it, a local server with fake keys is used)")
+    url = s3_output(parser, args)
 
     with ExitStack() as stack:
         endpoint = args.endpoint_url or start_local_server(stack, url.netloc)
