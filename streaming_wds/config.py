@@ -24,7 +24,16 @@ class S3Options(msgspec.Struct, frozen=True, kw_only=True):
         region: Region name; ``None`` lets boto3 decide.
         anonymous: Send unsigned requests (public buckets). Never used as a silent fallback.
         max_pool_connections: Size of the HTTP connection pool; ``None`` sizes it to the
-            download threads.
+            download threads (at least 10). A smaller pool than the download threads is raised
+            to their number.
+        retry_mode: botocore's retry mode for requests: ``"standard"`` (default), ``"adaptive"``
+            (client-side rate limiting too) or ``"legacy"``. Throttling (503 SlowDown, 429),
+            500/502/503/504 and connection errors before a response are retried with exponential
+            backoff and jitter; authentication errors are not.
+        max_attempts: Attempts per request, the first included (botocore's ``total_max_attempts``).
+        connect_timeout: Seconds to wait for a connection.
+        read_timeout: Seconds a read may wait for data; a stalled body is resumed (see
+            :attr:`StreamOptions.max_resumes`).
     """
 
     profile: str | None = None
@@ -32,6 +41,10 @@ class S3Options(msgspec.Struct, frozen=True, kw_only=True):
     region: str | None = None
     anonymous: bool = False
     max_pool_connections: int | None = None
+    retry_mode: str = "standard"
+    max_attempts: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.anonymous and self.profile is not None:
@@ -41,6 +54,15 @@ class S3Options(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.max_pool_connections is not None and self.max_pool_connections < 1:
             raise ConfigError("S3Options: max_pool_connections must be at least 1")
+        if self.retry_mode not in ("standard", "adaptive", "legacy"):
+            raise ConfigError(
+                f"S3Options: retry_mode must be 'standard', 'adaptive' or 'legacy', got {self.retry_mode!r}"
+            )
+        if self.max_attempts < 1:
+            raise ConfigError(f"S3Options: max_attempts must be at least 1, got {self.max_attempts}")
+        for name in ("connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"S3Options: {name} must be positive, got {getattr(self, name)}")
 
 
 class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,8 +83,12 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
         readahead: Chunks per open shard requested ahead of the reader.
         buffer_bytes: Budget of downloaded-but-unparsed bytes per worker.
         verify_checksums: Check each shard read from its start against the CRC-32 (or, in an
-            index without one, the SHA-256) in the dataset index, where there is one (about 0.4
+            index without one, the SHA-256) in the dataset index, where there is one (about 0.6
             CPU-seconds per GB; 1 for SHA-256).
+        max_resumes: Times the read of one shard may be resumed (a ranged request from the
+            byte reached, conditioned on the ETag) after its body broke off, reset or stalled.
+        max_member_bytes: Largest tar member accepted, checked from its header before reading;
+            a larger one is a :class:`~streaming_wds.errors.ShardFormatError`.
     """
 
     interleave: int = 16
@@ -73,11 +99,17 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
     readahead: int = 2
     buffer_bytes: int = 128 * MiB
     verify_checksums: bool = True
+    max_resumes: int = 5
+    max_member_bytes: int = 256 * MiB
 
     def __post_init__(self) -> None:
         for name in ("interleave", "shuffle_block", "max_workers", "chunk_size", "readahead"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"StreamOptions: {name} must be at least 1, got {getattr(self, name)}")
+        if self.max_resumes < 0:
+            raise ConfigError(f"StreamOptions: max_resumes must be >= 0, got {self.max_resumes}")
+        if self.max_member_bytes < 1:
+            raise ConfigError(f"StreamOptions: max_member_bytes must be at least 1, got {self.max_member_bytes}")
         if self.prefetch < 0:
             raise ConfigError(f"StreamOptions: prefetch must be >= 0, got {self.prefetch}")
         if self.buffer_bytes < self.chunk_size:

@@ -6,12 +6,14 @@ Hierarchy::
     ├── ConfigError (ValueError)           bad arguments, caught at construction
     ├── PlanningError (ValueError)         shards cannot be split over the consumers
     ├── StorageError                       a store could not be listed, read or written
+    │   ├── StorageAuthError (PermissionError)   credentials missing, refused or expired
     │   ├── NoShardsError (FileNotFoundError)    no ``*.tar`` under the location
     │   ├── ObjectNotFoundError (FileNotFoundError)  an object is missing
-    │   │   └── ShardNotFoundError              a listed shard vanished
+    │   │   └── ShardNotFoundError (also DataError)  a listed shard vanished
     │   └── ShardExistsError (FileExistsError)  a writer would overwrite a shard
     ├── DataError                          bad content; ``on_error="skip"`` counts these
     │   ├── ShardFormatError               corrupt or truncated tar (shard, byte offset)
+    │   ├── ShardChangedError              a shard was replaced while being read
     │   └── SampleError                    a sample is unusable (shard, offset, key)
     │       ├── MissingFieldError (KeyError)   a schema field is absent (… and field)
     │       └── DecodeError                    a field failed to decode (… and field)
@@ -41,6 +43,13 @@ class StorageError(StreamingWDSError):
     """A store could not be listed, read or written."""
 
 
+class StorageAuthError(StorageError, PermissionError):
+    """The store refused the credentials, or there are none (never retried).
+
+    The message names the bucket, profile and endpoint, never a credential.
+    """
+
+
 class NoShardsError(StorageError, FileNotFoundError):
     """No ``*.tar`` object was found directly under the location."""
 
@@ -57,8 +66,20 @@ class ObjectNotFoundError(StorageError, FileNotFoundError):
         self.url = url
 
 
-class ShardNotFoundError(ObjectNotFoundError):
-    """A shard that was listed could not be found when read."""
+class DataError(StreamingWDSError):
+    """Bad shard content. Under ``on_error="skip"`` these are skipped and counted."""
+
+    #: Key of the counter in :attr:`StreamingWebDataset.error_counts`.
+    kind = "data"
+
+
+class ShardNotFoundError(ObjectNotFoundError, DataError):
+    """A shard that was listed (or indexed) could not be found when read.
+
+    Also a :class:`DataError`: under ``on_error="skip"`` the shard is skipped and counted.
+    """
+
+    kind = "shard_missing"
 
     def __init__(self, url: str) -> None:
         super().__init__(url, "shard")
@@ -72,17 +93,25 @@ class ShardExistsError(StorageError, FileExistsError):
         self.url = url
 
 
-class DataError(StreamingWDSError):
-    """Bad shard content. Under ``on_error="skip"`` these are skipped and counted."""
-
-    #: Key of the counter in :attr:`StreamingWebDataset.error_counts`.
-    kind = "data"
-
-
 class ShardFormatError(DataError):
     """A shard is not a valid tar archive (corrupt header, truncation, unsupported member)."""
 
     kind = "shard_format"
+
+    def __init__(self, url: str, offset: int, reason: str) -> None:
+        super().__init__(f"{url} at byte {offset}: {reason}")
+        self.url = url
+        self.offset = offset
+        self.reason = reason
+
+
+class ShardChangedError(DataError):
+    """A shard's content changed while it was being read (its ETag no longer matches).
+
+    Raised instead of splicing bytes of two versions of the object into one stream.
+    """
+
+    kind = "shard_changed"
 
     def __init__(self, url: str, offset: int, reason: str) -> None:
         super().__init__(f"{url} at byte {offset}: {reason}")
