@@ -23,9 +23,9 @@ class S3Options(msgspec.Struct, frozen=True, kw_only=True):
         endpoint_url: Endpoint of an S3-compatible store (MinIO, R2, Ceph, a local server).
         region: Region name; ``None`` lets boto3 decide.
         anonymous: Send unsigned requests (public buckets). Never used as a silent fallback.
-        max_pool_connections: Size of the HTTP connection pool; ``None`` sizes it to the
-            download threads (at least 10). A smaller pool than the download threads is raised
-            to their number.
+        max_pool_connections: Size of the HTTP connection pool; ``None`` is 10 (botocore's
+            default). A pool smaller than a dataset's download threads
+            (:attr:`StreamOptions.max_workers`) is raised to their number.
         retry_mode: botocore's retry mode for requests: ``"standard"`` (default), ``"adaptive"``
             (client-side rate limiting too) or ``"legacy"``. Throttling (503 SlowDown, 429),
             500/502/503/504 and connection errors before a response are retried with exponential
@@ -109,7 +109,9 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
         if self.max_resumes < 0:
             raise ConfigError(f"StreamOptions: max_resumes must be >= 0, got {self.max_resumes}")
         if self.max_member_bytes < 1:
-            raise ConfigError(f"StreamOptions: max_member_bytes must be at least 1, got {self.max_member_bytes}")
+            raise ConfigError(
+                f"StreamOptions: max_member_bytes must be at least 1, got {self.max_member_bytes}"
+            )
         if self.prefetch < 0:
             raise ConfigError(f"StreamOptions: prefetch must be >= 0, got {self.prefetch}")
         if self.buffer_bytes < self.chunk_size:

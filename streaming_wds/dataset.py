@@ -80,6 +80,9 @@ class StreamingWebDataset(IterableDataset[Any]):
         self.rank = rank
         self.world_size = world_size
         self.options = options or StreamOptions()
+        reserve = getattr(self.storage, "reserve_connections", None)
+        if reserve is not None:  # a connection per download thread
+            reserve(self.options.max_workers)
         self._shards: list[ObjectInfo] | None = None
         self._index: DatasetIndex | None = None
         self._fingerprint = ""

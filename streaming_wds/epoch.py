@@ -27,7 +27,7 @@ from typing import Any, Literal
 from .checkpoint import VERSION, ConsumerState, SlotState
 from .config import StreamOptions
 from .decoders import Decoder
-from .errors import DataError, DecodeError, MissingFieldError, SampleError, ShardFormatError
+from .errors import DataError, DecodeError, MissingFieldError, SampleError
 from .fetch import Fetcher, ShardReader
 from .planner import derive_seed
 from .samples import RawSample, SampleReader
@@ -91,7 +91,7 @@ class _Slot:
         self.block: list[RawSample] = []
         self.order: list[int] = []
         self.pos = 0
-        self.broken: ShardFormatError | None = None
+        self.broken: DataError | None = None
 
     def load_block(self, size: int, permute_seed: int | None) -> None:
         self.block_offset = self.samples.next_offset
@@ -102,7 +102,7 @@ class _Slot:
                 if sample is None:
                     break
                 self.block.append(sample)
-        except ShardFormatError as exc:
+        except DataError as exc:  # a corrupt, truncated, changed or vanished shard
             self.broken = exc  # surfaces after the good samples before it are handed out
         self.order = list(range(len(self.block)))
         if permute_seed is not None:
@@ -240,7 +240,7 @@ class EpochStream:
             if slot.broken is None:
                 try:
                     slot.reader.finish()
-                except ShardFormatError as exc:
+                except DataError as exc:
                     slot.broken = exc
         slot.reader.close()
         if slot.broken is not None:

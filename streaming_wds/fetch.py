@@ -62,11 +62,11 @@ class Fetcher:
             self._pool = ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="swds-fetch")
         return self._pool.submit(reader._read_planned)
 
-    def stream(self, name: str, start: int) -> ByteStream:
+    def stream(self, info: ObjectInfo, start: int) -> ByteStream:
         opener = getattr(self.storage, "open_read", None)
         if opener is None:
-            return _RangeStream(self.storage, name, start)
-        stream: ByteStream = opener(name, start)
+            return _RangeStream(self.storage, info.name, start)
+        stream: ByteStream = opener(info.name, start, etag=info.etag, max_resumes=self.options.max_resumes)
         return stream
 
     def can_charge(self, nbytes: int, asking: ShardReader) -> bool:
@@ -148,7 +148,7 @@ class ShardReader:
             if self._closed:
                 return start, n, b""
             if self._stream is None:
-                self._stream = self.fetcher.stream(self.info.name, start)
+                self._stream = self.fetcher.stream(self.info, start)
             data = self._stream.read(n)
             if self._crc is not None:  # pieces are read in order under the lock
                 self._crc = zlib.crc32(data, self._crc)  # releases the GIL

@@ -43,9 +43,11 @@ class ByteStream(Protocol):
 class Storage(Protocol):
     """What streaming-wds needs from a store. Implementations must pickle.
 
-    A store may also have ``open_read(name, start) -> ByteStream``: a stream of the object from
-    byte ``start`` with one request for the rest of it (opening may be lazy, so a missing object
-    may raise ``ShardNotFoundError`` on the first read). Shards are then read through it; a store
+    A store may also have ``open_read(name, start, etag=None, max_resumes=0) -> ByteStream``: a
+    stream of the object from byte ``start`` with one request for the rest of it (opening may be
+    lazy, so a missing object may raise ``ShardNotFoundError`` on the first read). A remote store
+    reads only version ``etag`` when given (raising ``ShardChangedError`` otherwise) and resumes
+    a broken-off body up to ``max_resumes`` times. Shards are then read through it; a store
     without it is read with one ``read_range`` per piece.
     """
 

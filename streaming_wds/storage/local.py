@@ -51,7 +51,7 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot read {path} bytes {start}-{stop}: {exc}") from exc
 
-    def open_read(self, name: str, start: int) -> _FileStream:
+    def open_read(self, name: str, start: int, etag: str | None = None, max_resumes: int = 0) -> _FileStream:
         path = self.root / name
         try:
             f = open(path, "rb")  # noqa: SIM115  # closed by the stream

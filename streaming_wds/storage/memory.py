@@ -36,7 +36,9 @@ class MemoryStorage:
         self.reads += 1
         return data[start:stop]
 
-    def open_read(self, name: str, start: int) -> _MemoryStream:
+    def open_read(
+        self, name: str, start: int, etag: str | None = None, max_resumes: int = 0
+    ) -> _MemoryStream:
         try:
             data = self.objects[name]
         except KeyError:

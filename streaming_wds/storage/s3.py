@@ -14,10 +14,18 @@ import threading
 from typing import Any
 
 from ..config import S3Options
-from ..errors import ObjectNotFoundError, ShardNotFoundError, StorageError
+from ..errors import (
+    ObjectNotFoundError,
+    ShardChangedError,
+    ShardNotFoundError,
+    StorageAuthError,
+    StorageError,
+)
+from . import s3_errors
 from .base import ObjectInfo
+from .s3_stream import S3Stream
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_MIN_POOL = 10  # botocore's default pool size
 
 
 class S3Storage:
@@ -35,6 +43,9 @@ class S3Storage:
         self._session: Any = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._reserved = 0  # connections reserved for download threads
+        #: Shard streams resumed after their body broke off, in this process.
+        self.resumes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -58,7 +69,19 @@ class S3Storage:
     def url(self, name: str) -> str:
         return f"s3://{self.bucket}/{self._key(name)}"
 
-    def _describe(self) -> str:
+    def reserve_connections(self, n: int) -> None:
+        """Make the connection pool at least ``n`` (the download threads); before first use."""
+        with self._lock:
+            if n > self._reserved:
+                self._reserved = n
+                self._client = None  # rebuilt with the larger pool on next use
+
+    def count_resume(self) -> None:
+        with self._lock:
+            self.resumes += 1
+
+    def describe(self) -> str:
+        """Bucket, profile and endpoint, for messages (never credentials)."""
         o = self.options
         parts = [f"bucket={self.bucket!r}"]
         if o.profile:
@@ -88,15 +111,27 @@ class S3Storage:
         o = self.options
         config = Config(
             signature_version=UNSIGNED if o.anonymous else None,
-            max_pool_connections=o.max_pool_connections or 32,
-            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=max(o.max_pool_connections or _MIN_POOL, self._reserved),
+            retries={"mode": o.retry_mode, "total_max_attempts": o.max_attempts},
+            connect_timeout=o.connect_timeout,
+            read_timeout=o.read_timeout,
         )
         if self._session is None:
             self._session = boto3.session.Session(profile_name=o.profile, region_name=o.region)
         return self._session.client("s3", endpoint_url=o.endpoint_url, config=config)
 
-    def _error(self, action: str, target: str, exc: Exception) -> StorageError:
-        return StorageError(f"cannot {action} {target} ({self._describe()}): {_reason(exc)}")
+    def _error(self, action: str, target: str, exc: BaseException) -> StorageError:
+        """The typed error for a failure of ``action`` on ``target`` (see ``s3_errors``)."""
+        if s3_errors.is_auth_error(exc):
+            return StorageAuthError(
+                f"cannot {action} {target} ({self.describe()}): credentials missing, refused or "
+                f"expired: {s3_errors.reason(exc)}"
+            )
+        return StorageError(f"cannot {action} {target} ({self.describe()}): {s3_errors.reason(exc)}")
+
+    @staticmethod
+    def _is_store_error(exc: BaseException) -> bool:
+        return s3_errors.is_client_error(exc) or s3_errors.is_botocore_error(exc)
 
     def list(self, suffix: str) -> list[ObjectInfo]:
         prefix = f"{self.prefix}/" if self.prefix else ""
@@ -118,55 +153,71 @@ class S3Storage:
                             )
                         )
         except Exception as exc:
-            if _is_client_error(exc) or _is_botocore_error(exc):
+            if self._is_store_error(exc):
                 raise self._error("list", self.location, exc) from exc
             raise
         return sorted(infos, key=lambda i: i.name)
 
-    def _ranged_body(self, name: str, byte_range: str, target: str) -> Any:
-        """The body of ``GetObject`` for ``byte_range`` (``bytes=a-b`` or ``bytes=a-``), or
-        ``None`` if the range starts at or past the end: nothing there.
+    def _ranged_get(
+        self, name: str, byte_range: str, target: str, *, if_match: str | None = None, at: int = 0
+    ) -> tuple[Any, str | None] | None:
+        """``(body, etag)`` of ``GetObject`` for ``byte_range`` (``bytes=a-b`` or ``bytes=a-``),
+        only of version ``if_match`` if given; ``None`` if the range starts at or past the end.
 
         Raises:
             ShardNotFoundError: If the object does not exist.
-            StorageError: For any other failure, naming ``target``.
+            ShardChangedError: If it is no longer version ``if_match`` (412).
+            StorageAuthError: If the credentials are missing, refused or expired.
+            StorageError: For any other failure (after botocore's retries), naming ``target``.
         """
+        kwargs = {"IfMatch": if_match} if if_match is not None else {}
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(name), Range=byte_range)["Body"]
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name), Range=byte_range, **kwargs)
         except Exception as exc:
-            if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
+            code = s3_errors.code(exc) if s3_errors.is_client_error(exc) else ""
+            if code in s3_errors.NOT_FOUND:
                 raise ShardNotFoundError(self.url(name)) from exc
-            if _is_client_error(exc) and _code(exc) in ("InvalidRange", "416"):
+            if code in s3_errors.BAD_RANGE:
                 return None
-            if _is_client_error(exc) or _is_botocore_error(exc):
+            if code in s3_errors.CHANGED:
+                raise ShardChangedError(
+                    self.url(name),
+                    at,
+                    f"the object changed while it was read (ETag {if_match} no longer matches); "
+                    "its two versions are not spliced",
+                ) from exc
+            if self._is_store_error(exc):
                 raise self._error("read", target, exc) from exc
             raise
+        return resp["Body"], resp.get("ETag")
 
     def read_range(self, name: str, start: int, stop: int) -> bytes:
         if stop <= start:
             return b""
         target = f"{self.url(name)} bytes {start}-{stop}"
-        body = self._ranged_body(name, f"bytes={start}-{stop - 1}", target)
-        if body is None:
+        got = self._ranged_get(name, f"bytes={start}-{stop - 1}", target, at=start)
+        if got is None:
             return b""
         try:
-            return bytes(body.read())
+            return bytes(got[0].read())
         except Exception as exc:
-            if _is_botocore_error(exc):
+            if s3_errors.is_botocore_error(exc):
                 raise self._error("read", target, exc) from exc
             raise
 
-    def open_read(self, name: str, start: int) -> _S3Stream:
-        return _S3Stream(self, name, start)
+    def open_read(self, name: str, start: int, etag: str | None = None, max_resumes: int = 0) -> S3Stream:
+        """A stream of ``name`` from byte ``start``: one request, resumed up to ``max_resumes``
+        times if its body breaks off, reading only version ``etag`` if given (see ``s3_stream``)."""
+        return S3Stream(self, name, start, etag, max_resumes)
 
     def get(self, name: str) -> bytes:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
             return bytes(resp["Body"].read())
         except Exception as exc:
-            if _is_client_error(exc) and _code(exc) in _NOT_FOUND:
+            if s3_errors.is_client_error(exc) and s3_errors.code(exc) in s3_errors.NOT_FOUND:
                 raise ObjectNotFoundError(self.url(name)) from exc
-            if _is_client_error(exc) or _is_botocore_error(exc):
+            if self._is_store_error(exc):
                 raise self._error("read", self.url(name), exc) from exc
             raise
 
@@ -184,73 +235,6 @@ class S3Storage:
         try:
             self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(name), Config=config)
         except Exception as exc:
-            if isinstance(exc, S3UploadFailedError) or _is_client_error(exc) or _is_botocore_error(exc):
+            if isinstance(exc, S3UploadFailedError) or self._is_store_error(exc):
                 raise self._error("write", self.url(name), exc) from exc
             raise
-
-
-class _S3Stream:
-    """One ``GetObject`` for ``bytes=start-``, sent on the first read, its body read in pieces."""
-
-    def __init__(self, store: S3Storage, name: str, start: int) -> None:
-        self._store = store
-        self._name = name
-        self._pos = start
-        self._body: Any = None
-        self._ended = False
-
-    def _open(self) -> None:
-        target = f"{self._store.url(self._name)} from byte {self._pos}"
-        self._body = self._store._ranged_body(self._name, f"bytes={self._pos}-", target)
-        self._ended = self._body is None
-
-    def read(self, n: int) -> bytes:
-        if self._body is None and not self._ended:
-            self._open()
-        if self._ended:
-            return b""
-        parts: list[bytes] = []
-        need = n
-        try:
-            while need > 0:
-                part = self._body.read(need)
-                if not part:
-                    self._ended = True
-                    break
-                parts.append(part)
-                need -= len(part)
-        except Exception as exc:
-            if _is_botocore_error(exc) or isinstance(exc, OSError):
-                at = f"{self._store.url(self._name)} at byte {self._pos + n - need}"
-                raise self._store._error("read", at, exc) from exc
-            raise
-        self._pos += n - need
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        if self._body is not None:
-            self._body.close()
-            self._body = None
-
-
-def _is_client_error(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError)
-
-
-def _is_botocore_error(exc: Exception) -> bool:
-    from botocore.exceptions import BotoCoreError
-
-    return isinstance(exc, BotoCoreError)
-
-
-def _code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def _reason(exc: Exception) -> str:
-    if _is_client_error(exc):
-        err = getattr(exc, "response", {}).get("Error", {})
-        return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"

@@ -56,8 +56,8 @@ def test_a_store_without_open_read_is_read_by_ranges() -> None:
 class JitteryStorage(MemoryStorage):
     """Streams whose reads take random time, so read-ahead futures finish in any order."""
 
-    def open_read(self, name: str, start: int) -> Any:
-        inner = super().open_read(name, start)
+    def open_read(self, name: str, start: int, **kw: Any) -> Any:
+        inner = super().open_read(name, start, **kw)
         rng = random.Random(start)
         lock = threading.Lock()
 

@@ -442,9 +442,25 @@ def test_s3_client_options() -> None:
     assert client.meta.config.signature_version is not UNSIGNED
     default = S3Storage(BUCKET, "p").client
     assert default.meta.endpoint_url == "https://s3.amazonaws.com"
-    assert default.meta.config.max_pool_connections == 32
-    # botocore stores max_attempts=5 (retries) as total_max_attempts=6 (first try included)
-    assert default.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}
+    assert default.meta.config.max_pool_connections == 10
+    assert default.meta.config.retries == {"mode": "standard", "total_max_attempts": 8}
+    assert (default.meta.config.connect_timeout, default.meta.config.read_timeout) == (10.0, 30.0)
+    tuned = S3Storage(
+        BUCKET, "p", S3Options(retry_mode="adaptive", max_attempts=3, connect_timeout=1, read_timeout=2)
+    ).client.meta.config
+    assert tuned.retries == {"mode": "adaptive", "total_max_attempts": 3}
+    assert (tuned.connect_timeout, tuned.read_timeout) == (1, 2)
+
+
+def test_s3_pool_has_a_connection_per_download_thread() -> None:
+    endpoint = S3Options(endpoint_url="http://127.0.0.1:9")
+    ds = StreamingWebDataset("s3://b/p", s3=endpoint, options=StreamOptions(max_workers=24))
+    assert isinstance(ds.storage, S3Storage)
+    assert ds.storage.client.meta.config.max_pool_connections == 24
+    small = S3Options(endpoint_url="http://127.0.0.1:9", max_pool_connections=4)
+    ds = StreamingWebDataset("s3://b/p", s3=small, options=StreamOptions(max_workers=6))
+    assert isinstance(ds.storage, S3Storage)
+    assert ds.storage.client.meta.config.max_pool_connections == 6
 
 
 def _auth_headers(store: S3Storage) -> list[str | None]:

@@ -1,0 +1,114 @@
+"""A shard's bytes from S3 as one stream that survives a body breaking off.
+
+botocore retries a request (throttling, 5xx, connection errors) until its response begins, but
+not a body that breaks off later: a connection closed or reset mid-body, a read stalled past the
+read timeout, a body shorter than its ``Content-Length``. :class:`S3Stream` then sends a new
+``GetObject`` for ``Range: bytes=<byte reached>-`` conditioned with ``If-Match`` on the ETag (from
+the listing, else from the first response), at most ``max_resumes`` times per stream, with a
+jittered exponential pause between attempts. If the object changed in between, the store answers
+412 and :class:`~streaming_wds.errors.ShardChangedError` is raised: two versions of a shard are
+never spliced.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StorageError
+from . import s3_errors
+
+if TYPE_CHECKING:
+    from .s3 import S3Storage
+
+log = logging.getLogger(__name__)
+
+_PAUSE = 0.05  # seconds before the first resume; doubled each time, at most _MAX_PAUSE
+_MAX_PAUSE = 2.0
+
+
+class S3Stream:
+    """``GetObject`` of ``bytes=start-``, sent on the first read, read in pieces, resumed."""
+
+    def __init__(self, store: S3Storage, name: str, start: int, etag: str | None, max_resumes: int) -> None:
+        self._store = store
+        self._name = name
+        self._pos = start
+        self._etag = etag
+        self._max_resumes = max_resumes
+        self.resumes = 0
+        self._body: Any = None
+        self._ended = False
+
+    @property
+    def etag(self) -> str | None:
+        """The version being read (``None`` until the first response if none was given)."""
+        return self._etag
+
+    def _open(self) -> None:
+        target = f"{self._store.url(self._name)} from byte {self._pos}"
+        byte_range = f"bytes={self._pos}-"
+        got = self._store._ranged_get(self._name, byte_range, target, if_match=self._etag, at=self._pos)
+        if got is None:
+            self._ended = True
+            return
+        self._body, etag = got
+        if self._etag is None:
+            self._etag = etag
+
+    def _broke(self, exc: BaseException) -> None:
+        """The body broke off at ``self._pos``: prepare a resume, or give up."""
+        self._close_body()
+        url = self._store.url(self._name)
+        if self.resumes >= self._max_resumes:
+            raise StorageError(
+                f"cannot read {url} at byte {self._pos} ({self._store.describe()}): the response "
+                f"broke off {self.resumes + 1} times (max_resumes={self._max_resumes}); last: "
+                f"{s3_errors.reason(exc)}"
+            ) from exc
+        self.resumes += 1
+        self._store.count_resume()
+        log.warning(
+            "resuming %s from byte %d (resume %d of at most %d) after: %s",
+            url,
+            self._pos,
+            self.resumes,
+            self._max_resumes,
+            s3_errors.reason(exc),
+        )
+        time.sleep(min(_MAX_PAUSE, _PAUSE * 2 ** (self.resumes - 1)) * random.random())
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the object's end."""
+        parts: list[bytes] = []
+        need = n
+        while need > 0 and not self._ended:
+            if self._body is None:
+                self._open()
+                continue
+            try:
+                part = self._body.read(need)
+            except Exception as exc:
+                if not s3_errors.is_broken_body(exc):
+                    raise
+                self._broke(exc)
+                continue
+            if not part:
+                self._ended = True
+                self._close_body()
+                break
+            parts.append(part)
+            need -= len(part)
+            self._pos += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _close_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
+
+    def close(self) -> None:
+        self._ended = True
+        self._close_body()
