@@ -19,18 +19,31 @@ Built-in decoder names (case-insensitive):
 
 :class:`ImageDecoder` gives the image outputs with options, such as a reduced-size JPEG decode
 for pipelines that shrink images anyway: ``schema={"jpg": ImageDecoder("rgb8", draft=(250, 187))}``.
+
+Images are decoded in full when the sample is read (a truncated or corrupt image fails there, as a
+:class:`~streaming_wds.errors.DecodeError`), and only if their header claims at most
+``max_pixels`` pixels (:data:`DEFAULT_MAX_PIXELS` for the named image decoders): a small file can
+claim a huge image (a decompression bomb). This limit replaces PIL's process-wide
+``Image.MAX_IMAGE_PIXELS``, which these decoders neither read nor change.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from PIL.ImageFile import ImageFile
+
 Decoder = Callable[[bytes], Any]
 SchemaValue = str | Decoder
+
+#: Largest image (width x height) the image decoders decode by default: PIL's own default limit.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 def decode_bytes(data: bytes) -> bytes:
@@ -63,11 +76,49 @@ def decode_npy(data: bytes) -> Any:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def _open_rgb(data: bytes, draft: tuple[int, int] | None = None) -> Any:
-    """The image in ``data`` as an RGB ``PIL.Image``, JPEGs reduced by ``draft`` if given."""
+def _open_image(data: bytes) -> ImageFile:
+    """``Image.open`` of ``data``, reading only the header, without PIL's global pixel limit.
+
+    ``Image.open`` warns above ``Image.MAX_IMAGE_PIXELS`` and raises above twice that, a
+    process-wide setting; :func:`_open_rgb` applies its own limit instead. This tries the
+    registered formats as ``Image.open`` does: the common ones first, then all.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    Image.preinit()
+    prefix = data[:16]
+    tried: set[str] = set()
+    for load_all in (False, True):
+        if load_all:
+            Image.init()
+        for fmt in [f for f in Image.ID if f not in tried]:
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            try:
+                looks_right = accept is None or accept(prefix)
+                if looks_right and not isinstance(looks_right, str):  # a str: known, unsupported
+                    return factory(io.BytesIO(data), "")
+            except (SyntaxError, IndexError, TypeError, struct.error):  # not this format
+                continue
+    raise UnidentifiedImageError("cannot identify image file (not an image PIL can read)")
+
+
+def _open_rgb(data: bytes, draft: tuple[int, int] | None, max_pixels: int | None) -> Any:
+    """The image in ``data`` as an RGB ``PIL.Image``, JPEGs reduced by ``draft`` if given.
+
+    Raises:
+        PIL.Image.DecompressionBombError: If the header claims more than ``max_pixels`` pixels
+            (checked before any pixel is decoded).
+        OSError: If the image is not one PIL can read, or is truncated or corrupt.
+    """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    with _open_image(data) as img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"image is {width} x {height} = {width * height} pixels, over max_pixels={max_pixels}"
+            )
         if draft is not None:
             img.draft("RGB", draft)
         img.load()
@@ -99,19 +150,19 @@ _FROM_RGB: dict[str, Callable[[Any], Any]] = {
 
 
 def decode_pil(data: bytes) -> Any:
-    return _open_rgb(data)
+    return _open_rgb(data, None, DEFAULT_MAX_PIXELS)
 
 
 def decode_rgb8(data: bytes) -> Any:
-    return _rgb8_of(_open_rgb(data))
+    return _rgb8_of(_open_rgb(data, None, DEFAULT_MAX_PIXELS))
 
 
 def decode_torchrgb8(data: bytes) -> Any:
-    return _torchrgb8_of(_open_rgb(data))
+    return _torchrgb8_of(_open_rgb(data, None, DEFAULT_MAX_PIXELS))
 
 
 def decode_torchrgb(data: bytes) -> Any:
-    return _torchrgb_of(_open_rgb(data))
+    return _torchrgb_of(_open_rgb(data, None, DEFAULT_MAX_PIXELS))
 
 
 class ImageDecoder:
@@ -124,23 +175,39 @@ class ImageDecoder:
             than a full decode, for pipelines that resize to that size or smaller anyway. The
             result differs from a full decode followed by a resize. Other formats are decoded
             at full size.
+        max_pixels: Largest image (width x height, from its header, before ``draft``) decoded;
+            a larger one fails to decode (a :class:`~streaming_wds.errors.DecodeError` naming
+            its size) before any pixel is read. ``None``: no limit. PIL's global
+            ``Image.MAX_IMAGE_PIXELS`` is not used.
+
+    Raises:
+        ConfigError: For an unknown output, or a draft or max_pixels that is not positive.
     """
 
-    def __init__(self, output: str = "rgb8", *, draft: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        output: str = "rgb8",
+        *,
+        draft: tuple[int, int] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
         if output not in _FROM_RGB:
             raise ConfigError(f"ImageDecoder: output must be one of {', '.join(_FROM_RGB)}, got {output!r}")
         if draft is not None and (len(draft) != 2 or min(draft) < 1):
             raise ConfigError(
                 f"ImageDecoder: draft must be a (width, height) of positive sizes, got {draft!r}"
             )
+        if max_pixels is not None and (type(max_pixels) is not int or max_pixels < 1):
+            raise ConfigError(f"ImageDecoder: max_pixels must be a positive int or None, got {max_pixels!r}")
         self.output = output
         self.draft = (draft[0], draft[1]) if draft is not None else None
+        self.max_pixels = max_pixels
 
     def __repr__(self) -> str:
-        return f"ImageDecoder({self.output!r}, draft={self.draft!r})"
+        return f"ImageDecoder({self.output!r}, draft={self.draft!r}, max_pixels={self.max_pixels!r})"
 
     def __call__(self, data: bytes) -> Any:
-        return _FROM_RGB[self.output](_open_rgb(data, self.draft))
+        return _FROM_RGB[self.output](_open_rgb(data, self.draft, self.max_pixels))
 
 
 def decode_pickle(data: bytes) -> Any:

@@ -80,12 +80,18 @@ class _Slot:
     """An open shard: its parser, the current block of samples and its permutation."""
 
     def __init__(
-        self, shard: int, info: ObjectInfo, reader: ShardReader, delivered: int, block_offset: int
+        self,
+        shard: int,
+        info: ObjectInfo,
+        reader: ShardReader,
+        delivered: int,
+        block_offset: int,
+        max_member_bytes: int,
     ) -> None:
         self.shard = shard
         self.info = info
         self.reader = reader
-        self.samples = SampleReader(TarReader(reader, info.url))
+        self.samples = SampleReader(TarReader(reader, info.url, max_member_bytes=max_member_bytes))
         self.delivered = delivered
         self.block_offset = block_offset
         self.block: list[RawSample] = []
@@ -180,7 +186,9 @@ class EpochStream:
     def _reopen(self, s: SlotState) -> _Slot:
         assert self._fetcher is not None
         info = self.spec.shards[s.shard]
-        slot = _Slot(s.shard, info, self._fetcher.open(info, s.block_offset), s.delivered, s.block_offset)
+        reader = self._fetcher.open(info, s.block_offset)
+        cap = self.spec.options.max_member_bytes
+        slot = _Slot(s.shard, info, reader, s.delivered, s.block_offset, cap)
         slot.load_block(self.spec.options.shuffle_block, self._permute_seed(slot))
         slot.pos = min(s.block_pos, len(slot.block))
         return slot
@@ -193,7 +201,7 @@ class EpochStream:
         info = self.spec.shards[shard]
         reader = self._prefetched.pop(self._opened, None) or self._fetcher.open(info)
         self._opened += 1
-        return _Slot(shard, info, reader, 0, 0)
+        return _Slot(shard, info, reader, 0, 0, self.spec.options.max_member_bytes)
 
     def _top_up_prefetch(self) -> None:
         assert self._fetcher is not None

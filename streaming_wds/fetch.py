@@ -111,6 +111,7 @@ class ShardReader:
         self._arrived: dict[int, bytes] = {}
         self._lock = threading.Lock()
         self._stream: ByteStream | None = None
+        self._failed: BaseException | None = None  # what broke the stream, raised for every later piece
         self._buf = b""
         self._buf_start = start
         self._pos = 0
@@ -147,9 +148,15 @@ class ShardReader:
             start, n = self._plan.popleft()
             if self._closed:
                 return start, n, b""
+            if self._failed is not None:  # the stream is broken: no new request for later pieces
+                raise self._failed
             if self._stream is None:
                 self._stream = self.fetcher.stream(self.info, start)
-            data = self._stream.read(n)
+            try:
+                data = self._stream.read(n)
+            except BaseException as exc:
+                self._failed = exc
+                raise
             if self._crc is not None:  # pieces are read in order under the lock
                 self._crc = zlib.crc32(data, self._crc)  # releases the GIL
             return start, n, data

@@ -3,8 +3,23 @@
 A member ``dir/k1.seg.png`` belongs to sample key ``dir/k1`` as field ``seg.png``: the key is the
 path up to the first dot of the basename, the field is the rest, lowercased. Consecutive members
 with the same key form one sample. Top-level names like ``__index__`` are metadata and skipped
-(as webdataset does). A member without an extension, or a field seen twice in one sample, gives a
-sample carrying an error; the consumer raises it or, under the skip policy, counts it.
+(as webdataset does).
+
+These give a sample carrying an error, which the consumer raises as a
+:class:`~streaming_wds.errors.SampleError` or, under ``on_error="skip"``, drops and counts:
+
+* a member without an extension (it belongs to no sample);
+* a field seen twice in one sample;
+* a member path that is absolute or has a ``..`` component (nothing is ever written under a
+  member's name, but such a name is never what a dataset writer meant);
+* a key seen earlier in the same shard, not adjacent to its first members. A reader resumed
+  mid-shard only knows the keys from where it resumed.
+
+A sample whose members are split across two shards (its last members at the end of one shard,
+the rest at the start of the next) cannot be put together by a streaming reader: it is read as
+two samples with the same key, one per shard. With a schema, each half lacks the fields the
+other holds and raises :class:`~streaming_wds.errors.MissingFieldError` naming the key and the
+first missing field; without one, both halves are delivered as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .tar import Member, TarReader
+from .tar import Member, TarReader, shown
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +47,15 @@ def is_meta(name: str) -> bool:
     return len(head) > 4 and head.startswith("__") and head.endswith("__")
 
 
+def path_problem(name: str) -> str | None:
+    """Why a member path is refused (absolute, or with a ``..`` component), or ``None``."""
+    if name.startswith("/"):
+        return f"member {shown(name)} has an absolute path"
+    if ".." in name.split("/"):
+        return f"member {shown(name)} has a '..' component in its path"
+    return None
+
+
 @dataclass(slots=True)
 class RawSample:
     """A sample's undecoded fields, where it starts in the shard, and any grouping error."""
@@ -48,6 +72,7 @@ class SampleReader:
     def __init__(self, tar: TarReader) -> None:
         self.tar = tar
         self._pending: Member | None = None
+        self._seen: dict[str, int] = {}  # key -> offset of its first sample in this shard
 
     @property
     def next_offset(self) -> int:
@@ -77,10 +102,17 @@ class SampleReader:
             return RawSample(
                 key=member.name,
                 offset=member.offset,
-                error=f"member {member.name!r} has no extension, so it belongs to no sample",
+                error=f"member {shown(member.name)} has no extension, so it belongs to no sample",
             )
         key, name = parts
         sample = RawSample(key=key, offset=member.offset, fields={name: member.data})
+        sample.error = path_problem(member.name)  # the sample's other members share its directory
+        first = self._seen.setdefault(key, member.offset)
+        if first != member.offset and sample.error is None:
+            sample.error = (
+                f"key {shown(key)} already appeared at byte {first} in this shard; "
+                "members of a sample must be adjacent"
+            )
         while True:
             member = self._next_member()
             if member is None:
@@ -90,7 +122,7 @@ class SampleReader:
                 self._pending = member
                 return sample
             if parts[1] in sample.fields and sample.error is None:
-                sample.error = f"field {parts[1]!r} appears twice (member {member.name!r})"
+                sample.error = f"field {shown(parts[1])} appears twice (member {shown(member.name)})"
             sample.fields[parts[1]] = member.data
 
     def take(self, n: int) -> list[RawSample]:

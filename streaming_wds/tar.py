@@ -2,8 +2,13 @@
 
 Understands ustar (with prefix), GNU long names (``L``) and PAX headers (``x``: ``path`` and
 ``size``; ``g`` is ignored). Directories are skipped. Links, devices and FIFOs are refused:
-a shard is data, never a file-system recipe. Any truncation or corrupt header raises
-:class:`~streaming_wds.errors.ShardFormatError` with the byte offset of the header.
+a shard is data, never a file-system recipe; nothing is ever written under a member's name.
+
+Every problem raises :class:`~streaming_wds.errors.ShardFormatError` with the byte offset of the
+header it concerns: a corrupt header, a member or extended header over its size limit (checked
+from the header, before its data is read), and any truncation. The archive must end with its
+end-of-archive marker (a zero block): data that stops at a member boundary without one is
+truncated, so a cut at any 512-byte boundary is detected. An empty object is not an archive.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ from typing import Protocol
 from .errors import ShardFormatError
 
 BLOCK = 512
+#: Largest GNU long name or PAX header (``L``, ``x``, ``g``) accepted; a larger one is refused.
+MAX_EXTENDED_HEADER_BYTES = 1024 * 1024
 _ZEROS = bytes(BLOCK)
+_NO_END_MARKER = "truncated: the data ends with no end-of-archive marker"
+_EXTENDED = {b"L": "GNU long name", b"x": "PAX header", b"g": "PAX global header"}
 _REGULAR = (b"0", b"\0", b"7")
 _SKIPPED = (b"5",)  # directories
 _REFUSED = {
@@ -62,6 +71,14 @@ class Member:
     data: bytes
 
 
+def shown(name: str | bytes) -> str:
+    """``repr(name)`` for messages, cut to its first 200 characters (and its length) if longer."""
+    if len(name) <= 200:
+        return repr(name)
+    unit = "bytes" if isinstance(name, bytes) else "characters"
+    return f"{name[:200]!r}... ({len(name)} {unit})"
+
+
 def _octal(field: bytes) -> int:
     if field and field[0] & 0x80:  # GNU base-256
         value = int.from_bytes(field[1:], "big")
@@ -83,42 +100,51 @@ def _checksum_ok(header: bytes) -> bool:
 
 
 def _pax_records(data: bytes, url: str, offset: int) -> dict[str, bytes]:
+    """The ``"<length> <key>=<value>\\n"`` records of a PAX header's data."""
     records: dict[str, bytes] = {}
     pos = 0
     while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise ShardFormatError(url, offset, "malformed PAX header record") from None
-        if length <= 0 or pos + length > len(data):
+        space = data.find(b" ", pos, pos + 21)  # a length of at most 20 digits, then a space
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise ShardFormatError(url, offset, "malformed PAX header record")
+        end = pos + int(digits)
+        if end > len(data) or end <= space + 1 or data[end - 1] != 0x0A:  # must end in a newline
             raise ShardFormatError(url, offset, "malformed PAX header record length")
-        record = data[space + 1 : pos + length - 1]
-        key, eq, value = record.partition(b"=")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
         if not eq:
             raise ShardFormatError(url, offset, "PAX header record without '='")
         records[key.decode("utf-8", "replace")] = value
-        pos += length
+        pos = end
     return records
 
 
 class TarReader:
-    """Yields the regular-file members of a tar stream in order."""
+    """Yields the regular-file members of a tar stream in order.
 
-    def __init__(self, source: ByteSource, url: str) -> None:
+    Args:
+        source: The shard's bytes, from the offset of a member's first header (or 0).
+        url: The shard's URL, for error messages.
+        max_member_bytes: Largest member accepted (``None``: no limit). A larger one is refused
+            from its header, before any of its data is read, so memory stays bounded.
+    """
+
+    def __init__(self, source: ByteSource, url: str, *, max_member_bytes: int | None = None) -> None:
         self.source = source
         self.url = url
+        self.max_member_bytes = max_member_bytes
         self.ended = False
 
-    def _read_exact(self, n: int, offset: int, what: str) -> bytes:
+    def _read_exact(self, n: int, offset: int, what: str, name: str | None = None) -> bytes:
         data = self.source.read(n)
         if len(data) != n:
+            what = what if name is None else f"{what} {shown(name)}"
             raise ShardFormatError(self.url, offset, f"truncated {what}: expected {n} bytes, got {len(data)}")
         return data
 
-    def _skip_exact(self, n: int, offset: int, what: str) -> None:
+    def _skip_exact(self, n: int, offset: int, what: str, name: str) -> None:
         if self.source.skip(n) != n:
-            raise ShardFormatError(self.url, offset, f"truncated {what}")
+            raise ShardFormatError(self.url, offset, f"truncated {what} {shown(name)}")
 
     def next_member(self) -> Member | None:
         """The next regular file, or ``None`` at the end of the archive."""
@@ -129,8 +155,8 @@ class TarReader:
             offset = self.source.tell()
             header = self.source.read(BLOCK)
             if not header and first_offset is None:
-                self.ended = True  # end of data exactly at a member boundary: tolerated like tarfile
-                return None
+                reason = "empty object, not a tar archive" if offset == 0 else _NO_END_MARKER
+                raise ShardFormatError(self.url, offset, reason)
             if len(header) != BLOCK:
                 raise ShardFormatError(self.url, offset, f"truncated tar header ({len(header)} of 512 bytes)")
             if header == _ZEROS:
@@ -154,6 +180,12 @@ class TarReader:
             if size < 0:
                 raise ShardFormatError(self.url, offset, f"negative member size {size}")
             padded = size + (-size) % BLOCK
+            if kind in _EXTENDED and size > MAX_EXTENDED_HEADER_BYTES:
+                raise ShardFormatError(
+                    self.url,
+                    offset,
+                    f"{_EXTENDED[kind]} of {size} bytes is over the limit of {MAX_EXTENDED_HEADER_BYTES}",
+                )
             if kind == b"L":
                 data = self._read_exact(padded, offset, "GNU long name")
                 long_name = self._decode_name(data[:size].rstrip(b"\0"), offset)
@@ -167,13 +199,20 @@ class TarReader:
                 raise ShardFormatError(self.url, offset, f"unsupported tar member type: {_REFUSED[kind]}")
             name = self._member_name(header, long_name, pax, offset)
             if kind not in _REGULAR and kind not in _SKIPPED:
-                raise ShardFormatError(self.url, offset, f"unsupported tar member type {kind!r} for {name!r}")
+                raise ShardFormatError(
+                    self.url, offset, f"unsupported tar member type {kind!r} for {shown(name)}"
+                )
             if kind in _SKIPPED or (kind == b"\0" and name.endswith("/")):  # old-style directory
-                self._skip_exact(padded, offset, f"member {name!r}")
+                self._skip_exact(padded, offset, "member", name)
                 long_name, pax, first_offset = None, {}, None
                 continue
-            data = self._read_exact(size, offset, f"data of member {name!r}")
-            self._skip_exact(padded - size, offset, f"padding of member {name!r}")
+            cap = self.max_member_bytes
+            if cap is not None and size > cap:
+                raise ShardFormatError(
+                    self.url, offset, f"member {shown(name)} is {size} bytes, over max_member_bytes={cap}"
+                )
+            data = self._read_exact(size, offset, "data of member", name)
+            self._skip_exact(padded - size, offset, "padding of member", name)
             return Member(name=name, offset=offset if first_offset is None else first_offset, data=data)
         return None
 
@@ -181,7 +220,7 @@ class TarReader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ShardFormatError(self.url, offset, f"member name is not UTF-8: {raw!r}") from None
+            raise ShardFormatError(self.url, offset, f"member name is not UTF-8: {shown(raw)}") from None
 
     def _member_name(self, header: bytes, long_name: str | None, pax: dict[str, bytes], offset: int) -> str:
         if "path" in pax:

@@ -14,7 +14,7 @@ import webdataset as wds
 from PIL import Image
 from webdataset import autodecode, tariterators
 
-from streaming_wds import ShardWriter, StreamingWebDataset
+from streaming_wds import SampleError, ShardWriter, StreamingWebDataset
 
 
 def wds_read(paths: list[Path]) -> list[dict[str, Any]]:
@@ -156,7 +156,7 @@ def test_member_names_group_like_webdataset(tmp_path: Path) -> None:
         "k2.cls",
         "__index__.json",  # not metadata: sample '__index__'
         "dir/k1.txt",
-        "k2.json",  # a key seen before, not adjacent: a new sample
+        "k2.json",  # a key seen before, not adjacent: a new sample for webdataset, an error here
     ]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -179,4 +179,10 @@ def test_member_names_group_like_webdataset(tmp_path: Path) -> None:
         ("dir/k1", ["txt"]),
         ("k2", ["json"]),
     ]
-    assert ours(tmp_path) == reference
+    # The same groups, except that a key coming back after other keys (k2.json) is refused where
+    # webdataset starts a new sample with it: raised, or skipped and counted.
+    with pytest.raises(SampleError, match=r"mixed\.tar at byte \d+, sample 'k2': key 'k2' already appeared"):
+        ours(tmp_path)
+    ds = StreamingWebDataset(str(tmp_path), on_error="skip")
+    assert list(ds) == reference[:-1]
+    assert ds.error_counts == {"sample": 1}

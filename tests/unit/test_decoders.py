@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import tarfile
 from typing import Any
 
@@ -11,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from streaming_wds import (
     ConfigError,
@@ -23,7 +24,8 @@ from streaming_wds import (
     ShardWriter,
     StreamingWebDataset,
 )
-from streaming_wds.decoders import DECODERS, decode_pil, decode_text, resolve_schema
+from streaming_wds.decoders import DECODERS, DEFAULT_MAX_PIXELS, decode_pil, decode_text, resolve_schema
+from tests.badtars import png_claiming
 
 KNOWN = "bytes, cls, int, json, msgpack, npy, pil, rgb8, str, torchrgb, torchrgb8, txt"
 
@@ -36,6 +38,14 @@ PIXELS = np.array(
 def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -233,10 +243,92 @@ def test_torchrgb() -> None:
     assert float(out.min()) == 0.0 and float(out.max()) == 1.0
 
 
+IMAGE_DECODERS = ("pil", "rgb8", "torchrgb8", "torchrgb")
+
+
 def test_images_fail_on_non_image_bytes() -> None:
-    for name in ("pil", "rgb8", "torchrgb8", "torchrgb"):
-        with pytest.raises(OSError):  # PIL.UnidentifiedImageError
-            decode(name, b"not an image")
+    garbage_jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4  # a JPEG's magic, then nonsense
+    for name in IMAGE_DECODERS:
+        for data in (b"not an image", garbage_jpeg, b""):
+            with pytest.raises(UnidentifiedImageError) as exc:
+                decode(name, data)
+            assert isinstance(exc.value, OSError)
+            assert str(exc.value) == "cannot identify image file (not an image PIL can read)"
+
+
+def test_truncated_jpeg_fails_to_decode() -> None:
+    data = jpeg(64, 48)
+    for name in IMAGE_DECODERS:
+        with pytest.raises(OSError, match=r"^image file is truncated"):
+            decode(name, data[: len(data) // 2])  # header intact, half the scan data missing
+
+
+# -- pixel limit ---------------------------------------------------------------------------------
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header says ``width`` x ``height``."""
+    data = bytearray(jpeg(16, 8))
+    sof = data.index(b"\xff\xc0")
+    assert struct.unpack(">HH", data[sof + 5 : sof + 9]) == (8, 16)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_default_pixel_limit_is_pils_default() -> None:
+    assert DEFAULT_MAX_PIXELS == 89_478_485 == 1024 * 1024 * 1024 // 4 // 3  # as defined in PIL.Image
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (png_claiming(20000, 20000), "20000 x 20000 = 400000000"),  # over twice PIL's own limit
+        (jpeg_claiming(9460, 9459), "9460 x 9459 = 89482140"),  # just over: PIL would only warn
+    ],
+)
+def test_images_over_the_pixel_limit_are_refused_from_the_header(data: bytes, size: str) -> None:
+    assert len(data) < 1000
+    reason = f"image is {size} pixels, over max_pixels=89478485"
+    for decoder in [
+        *(DECODERS[n] for n in IMAGE_DECODERS),
+        ImageDecoder(),
+        ImageDecoder("pil", draft=(8, 8)),
+    ]:
+        with pytest.raises(Image.DecompressionBombError) as exc:
+            decoder(data)
+        assert str(exc.value) == reason
+
+
+def test_max_pixels_is_inclusive() -> None:
+    assert ImageDecoder("rgb8", max_pixels=6)(RGB_PNG).shape == (2, 3, 3)
+    with pytest.raises(Image.DecompressionBombError, match=r"^image is 3 x 2 = 6 pixels, over max_pixels=5$"):
+        ImageDecoder("rgb8", max_pixels=5)(RGB_PNG)
+
+
+def test_max_pixels_counts_the_full_size_not_the_draft() -> None:
+    data = jpeg(64, 48)
+    assert ImageDecoder("rgb8", draft=(8, 6), max_pixels=64 * 48)(data).shape == (6, 8, 3)
+    with pytest.raises(Image.DecompressionBombError, match=r"^image is 64 x 48 = 3072 pixels"):
+        ImageDecoder("rgb8", draft=(8, 6), max_pixels=64 * 48 - 1)(data)
+
+
+def test_pils_global_limit_is_neither_used_nor_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Image.open would refuse 64 x 48
+    data = jpeg(64, 48)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    assert decode("pil", data).size == (64, 48)
+    assert decode("rgb8", data).shape == (48, 64, 3)
+    assert tuple(decode("torchrgb8", data).shape) == tuple(decode("torchrgb", data).shape) == (3, 48, 64)
+    assert ImageDecoder("rgb8", max_pixels=None)(data).shape == (48, 64, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_image_decoder_rejects_bad_max_pixels() -> None:
+    for bad in (0, -1, 2.5, True, "1000"):
+        with pytest.raises(ConfigError) as exc:
+            ImageDecoder(max_pixels=bad)  # type: ignore[arg-type]
+        assert str(exc.value) == f"ImageDecoder: max_pixels must be a positive int or None, got {bad!r}"
 
 
 # -- through the dataset -------------------------------------------------------------------------
@@ -353,14 +445,6 @@ def test_missing_field_skipped_and_counted() -> None:
 # -- ImageDecoder -------------------------------------------------------------------------------
 
 
-def jpeg(width: int, height: int) -> bytes:
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def test_image_decoder_without_draft_equals_a_full_pil_decode() -> None:
     data = jpeg(64, 48)
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -398,7 +482,8 @@ def test_image_decoder_in_a_schema_and_pickled() -> None:
     dec = ImageDecoder("rgb8", draft=(32, 24))
     assert resolve_schema({"jpg": dec}) == {"jpg": dec}
     clone = pickle.loads(pickle.dumps(dec))
-    assert repr(clone) == "ImageDecoder('rgb8', draft=(32, 24))"
+    assert repr(clone) == "ImageDecoder('rgb8', draft=(32, 24), max_pixels=89478485)"
+    assert repr(ImageDecoder("pil", max_pixels=None)) == "ImageDecoder('pil', draft=None, max_pixels=None)"
 
 
 def test_image_decoder_rejects_bad_options() -> None:

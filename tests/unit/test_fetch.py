@@ -97,7 +97,7 @@ def test_pieces_come_back_in_order_whichever_thread_reads_them(chunk: int) -> No
 
 
 class FailingStream(MemoryStorage):
-    def open_read(self, name: str, start: int) -> Any:
+    def open_read(self, name: str, start: int, **kw: Any) -> Any:
         class Broken:
             def read(self, n: int) -> bytes:
                 raise StorageError(f"cannot read memory://mem/{name}: connection reset")

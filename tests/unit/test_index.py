@@ -347,7 +347,10 @@ def test_describe_shard() -> None:
     data = store.objects["shard-000000.tar"]
     want = ShardEntry("n.tar", 3, len(data), sha(data), zlib.crc32(data))
     assert describe_shard("n.tar", data, "u") == want
-    assert describe_shard("e.tar", b"", "u") == ShardEntry("e.tar", 0, 0, sha(b""), 0)
+    empty = bytes(1024)  # an archive of no members: just its end-of-archive marker
+    assert describe_shard("e.tar", empty, "u") == ShardEntry("e.tar", 0, 1024, sha(empty), zlib.crc32(empty))
+    with pytest.raises(ShardFormatError, match=r"^z at byte 0: empty object, not a tar archive$"):
+        describe_shard("z.tar", b"", "z")
 
 
 # -- len and num_samples ----------------------------------------------------------------------

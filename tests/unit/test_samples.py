@@ -15,22 +15,25 @@ from tests.helpers import BytesSource
 URL = "mem://b/shard.tar"
 
 
-def make_tar(members: list[tuple[str, bytes]], end_blocks: bool = True) -> bytes:
+def make_tar(members: list[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-        end = buf.tell()
-    return buf.getvalue() if end_blocks else buf.getvalue()[:end]
+    return buf.getvalue()
 
 
 def header_offsets(data: bytes) -> list[int]:
-    if not data:  # an archive without members or end-of-archive blocks
-        return []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
         return [info.offset for info in tf]
+
+
+def end_marker(data: bytes) -> int:
+    """Offset of the end-of-archive marker: just after the last member's padded data."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        return max((i.offset_data + i.size + (-i.size) % 512 for i in tf), default=0)
 
 
 def reader_of(data: bytes, pos: int = 0) -> SampleReader:
@@ -95,12 +98,61 @@ def test_groups_consecutive_members_by_key() -> None:
     ]
 
 
-def test_non_consecutive_members_of_a_key_make_separate_samples() -> None:
-    data = make_tar([("k1.txt", b"a"), ("k2.txt", b"b"), ("k1.cls", b"1")])
-    assert [(s.key, s.fields, s.error) for s in read_all(data)] == [
-        ("k1", {"txt": b"a"}, None),
-        ("k2", {"txt": b"b"}, None),
-        ("k1", {"cls": b"1"}, None),
+def test_key_seen_again_after_another_gives_error_samples() -> None:
+    data = make_tar(
+        [
+            ("k1.jpg", b"a"),
+            ("k2.jpg", b"b"),
+            ("k1.cls", b"1"),
+            ("k1.txt", b"t"),
+            ("k3.jpg", b"c"),
+            ("k1.x", b""),
+        ]
+    )
+    off = header_offsets(data)
+    reason = "key 'k1' already appeared at byte 0 in this shard; members of a sample must be adjacent"
+    assert as_tuples(read_all(data)) == [
+        ("k1", 0, {"jpg": b"a"}, None),
+        ("k2", off[1], {"jpg": b"b"}, None),
+        ("k1", off[2], {"cls": b"1", "txt": b"t"}, reason),  # one error sample for the run
+        ("k3", off[4], {"jpg": b"c"}, None),
+        ("k1", off[5], {"x": b""}, reason),  # still named after the first sample
+    ]
+
+
+def test_same_basename_in_another_directory_is_another_key() -> None:
+    data = make_tar([("a/k1.jpg", b"a"), ("b/k1.jpg", b"b"), ("k1.jpg", b"c")])
+    assert [(s.key, s.error) for s in read_all(data)] == [("a/k1", None), ("b/k1", None), ("k1", None)]
+
+
+def test_resumed_reader_knows_only_the_keys_from_where_it_resumed() -> None:
+    data = make_tar([("k1.jpg", b"a"), ("k2.jpg", b"b"), ("k1.cls", b"1")])
+    off = header_offsets(data)
+    assert [(s.key, s.error) for s in read_all(data, off[1])] == [("k2", None), ("k1", None)]
+
+
+def test_absolute_and_parent_paths_give_error_samples() -> None:
+    data = make_tar(
+        [
+            ("k0.txt", b"0"),
+            ("/etc/x.jpg", b"j"),
+            ("/etc/x.cls", b"1"),  # the same key: one error sample
+            ("../up/k.txt", b"u"),
+            ("a/../k.txt", b"m"),
+            ("a/..", b"not a dir"),  # no extension: that error comes first
+            ("./k2.txt", b"2"),  # '.' components and dots inside names are fine
+            ("a..b/k3..txt", b"3"),
+        ]
+    )
+    off = header_offsets(data)
+    assert as_tuples(read_all(data)) == [
+        ("k0", off[0], {"txt": b"0"}, None),
+        ("/etc/x", off[1], {"jpg": b"j", "cls": b"1"}, "member '/etc/x.jpg' has an absolute path"),
+        ("../up/k", off[3], {"txt": b"u"}, "member '../up/k.txt' has a '..' component in its path"),
+        ("a/../k", off[4], {"txt": b"m"}, "member 'a/../k.txt' has a '..' component in its path"),
+        ("a/..", off[5], {}, "member 'a/..' has no extension, so it belongs to no sample"),
+        ("./k2", off[6], {"txt": b"2"}, None),
+        ("a..b/k3", off[7], {".txt": b"3"}, None),
     ]
 
 
@@ -163,6 +215,15 @@ def test_member_without_extension_gives_error_sample() -> None:
     ]
 
 
+def test_long_names_are_cut_in_errors() -> None:
+    name = "d/" + "n" * 300
+    (sample,) = read_all(make_tar([(name, b"x")]))
+    assert (
+        sample.error
+        == f"member {name[:200]!r}... (302 characters) has no extension, so it belongs to no sample"
+    )
+
+
 def test_next_offset_is_the_header_of_the_next_samples_first_member() -> None:
     long_key = "dir/" + "k" * 150  # PAX headers: the sample starts at the extended header
     members = [
@@ -173,14 +234,16 @@ def test_next_offset_is_the_header_of_the_next_samples_first_member() -> None:
         (long_key + ".cls", b"2"),
         ("k3.txt", b"c"),
     ]
-    data = make_tar(members, end_blocks=False)
+    data = make_tar(members)
     off = header_offsets(data)
     reader = reader_of(data)
     assert reader.next_offset == 0
     seen = []
     while (s := reader.next_sample()) is not None:
         seen.append((s.key, s.offset, reader.next_offset))
-    assert seen == [("k1", off[1], off[3]), (long_key, off[3], off[5]), ("k3", off[5], len(data))]
+    # after the last sample: past the end-of-archive block that ended it
+    after = end_marker(data) + 512
+    assert seen == [("k1", off[1], off[3]), (long_key, off[3], off[5]), ("k3", off[5], after)]
     assert off[3] % 512 == 0 and data[off[3] + 156 : off[3] + 157] == b"x"
 
 
@@ -230,7 +293,7 @@ def test_roundtrip_property(samples: list) -> None:
         for field, data in fields.items():
             shown = "".join(c.upper() if rnd.random() < 0.3 else c for c in field)
             members.append((f"{key}.{shown}", data))
-    data = make_tar(members, end_blocks=False)
+    data = make_tar(members)
     off = header_offsets(data)
     starts = [off[i] for i in first_member]
     reader = reader_of(data)
@@ -240,4 +303,4 @@ def test_roundtrip_property(samples: list) -> None:
         resume_points.append(reader.next_offset)
     expected = [(key, start, fields, None) for (key, fields, _), start in zip(samples, starts, strict=True)]
     assert got == expected
-    assert resume_points == [*starts[1:], len(data)][: len(samples)]
+    assert resume_points == [*starts[1:], end_marker(data) + 512][: len(samples)]

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from streaming_wds.errors import ShardFormatError
-from streaming_wds.tar import Member, TarReader
+from streaming_wds.tar import MAX_EXTENDED_HEADER_BYTES, Member, TarReader
+from tests.badtars import END, header, long_name_member, pax_member, raw_member
 from tests.helpers import BytesSource
 
 URL = "mem://bucket/shard-000007.tar"
@@ -53,8 +54,8 @@ def tarfile_view(data: bytes) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def read_all(data: bytes, url: str = URL) -> list[Member]:
-    reader = TarReader(BytesSource(data), url)
+def read_all(data: bytes, url: str = URL, max_member_bytes: int | None = None) -> list[Member]:
+    reader = TarReader(BytesSource(data), url, max_member_bytes=max_member_bytes)
     out = []
     while (member := reader.next_member()) is not None:
         out.append(member)
@@ -63,13 +64,23 @@ def read_all(data: bytes, url: str = URL) -> list[Member]:
     return out
 
 
+def read_until_error(data: bytes, **kw: int) -> tuple[list[Member], ShardFormatError]:
+    """The members read before the error, and the error."""
+    reader = TarReader(BytesSource(data), URL, **kw)
+    out = []
+    with pytest.raises(ShardFormatError) as info:
+        while (member := reader.next_member()) is not None:
+            out.append(member)
+    return out, info.value
+
+
 def triples(members: list[Member]) -> list[tuple[str, int, bytes]]:
     return [(m.name, m.offset, m.data) for m in members]
 
 
-def expect_error(data: bytes) -> ShardFormatError:
+def expect_error(data: bytes, **kw: int) -> ShardFormatError:
     with pytest.raises(ShardFormatError) as info:
-        read_all(data)
+        read_all(data, **kw)
     assert info.value.url == URL
     assert str(info.value) == f"{URL} at byte {info.value.offset}: {info.value.reason}"
     return info.value
@@ -212,19 +223,38 @@ def test_directories_are_skipped() -> None:
         assert triples(members) == tarfile_view(data), fmt
 
 
-def test_end_of_data_at_member_boundary_without_end_blocks() -> None:
+NO_END_MARKER = "truncated: the data ends with no end-of-archive marker"
+
+
+def test_end_of_data_at_member_boundary_without_end_blocks_is_truncation() -> None:
     data = make_tar([("a.txt", b"x" * 10), ("b.txt", b"y" * 600)])
     end = 512 + 512 + 512 + 1024  # two members, no end-of-archive blocks
     assert data[end : end + 1024] == bytes(1024)
-    members = read_all(data[:end])
+    members, err = read_until_error(data[:end])
     assert [(m.name, m.offset, m.data) for m in members] == [
         ("a.txt", 0, b"x" * 10),
         ("b.txt", 1024, b"y" * 600),
     ]
+    assert (err.url, err.offset, err.reason) == (URL, end, NO_END_MARKER)
+    assert str(err) == f"{URL} at byte {end}: {NO_END_MARKER}"
+    # one zero block is enough, as for tarfile: nothing is lost when only the second is cut off
+    assert [m.name for m in read_all(data[: end + 512])] == ["a.txt", "b.txt"]
 
 
-def test_empty_source_and_lone_end_block() -> None:
-    assert read_all(b"") == []
+def test_empty_object_is_not_an_archive() -> None:
+    err = expect_error(b"")
+    assert (err.offset, err.reason) == (0, "empty object, not a tar archive")
+
+
+def test_resumed_read_at_the_end_of_the_data_is_truncation() -> None:
+    data = make_tar([("a.txt", b"1")])[:1024]  # one member, no end-of-archive blocks
+    reader = TarReader(BytesSource(data, 1024), URL)  # resumed after the member
+    with pytest.raises(ShardFormatError) as info:
+        reader.next_member()
+    assert (info.value.offset, info.value.reason) == (1024, NO_END_MARKER)
+
+
+def test_lone_end_block() -> None:
     assert read_all(bytes(512)) == []
     reader = TarReader(BytesSource(bytes(10240)), URL)
     assert reader.next_member() is None
@@ -419,6 +449,112 @@ def test_non_utf8_pax_path() -> None:
     assert (err.offset, err.reason) == (1024, "member name is not UTF-8: b'caf\\xe9.txt'")
 
 
+def test_long_names_are_cut_in_messages() -> None:
+    raw = b"\xe9" * 300 + b".txt"
+    err = expect_error(long_name_member(raw, b"1") + END)
+    assert (err.offset, err.reason) == (0, f"member name is not UTF-8: {raw[:200]!r}... (304 bytes)")
+    name = "n" * 250 + ".jpg"
+    err = expect_error(long_name_member(name, b"12345") + END, max_member_bytes=4)
+    assert err.reason == f"member {name[:200]!r}... (254 characters) is 5 bytes, over max_member_bytes=4"
+
+
+# -- size limits: checked from the header, before any data is read -------------------------------
+
+
+class RecordingSource(BytesSource):
+    """A :class:`BytesSource` that records the size of every read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, n: int) -> bytes:
+        self.asked.append(n)
+        return super().read(n)
+
+
+def test_member_over_max_member_bytes() -> None:
+    data = tar_of_two(b"y" * 1000)
+    members, err = read_until_error(data, max_member_bytes=999)
+    assert [m.name for m in members] == ["k.txt"]
+    assert (err.url, err.offset) == (URL, 1024)
+    assert str(err) == f"{URL} at byte 1024: member 'k.jpg' is 1000 bytes, over max_member_bytes=999"
+    assert [(m.name, len(m.data)) for m in read_all(data, max_member_bytes=1000)] == [
+        ("k.txt", 100),
+        ("k.jpg", 1000),
+    ]
+
+
+def tar_of_two(second: bytes) -> bytes:
+    return raw_member("k.txt", b"x" * 100) + raw_member("k.jpg", second) + END
+
+
+def test_member_over_the_cap_is_refused_before_its_data_is_read() -> None:
+    huge = header("k.jpg", 300_000_000)  # the header alone: the data is not there at all
+    source = RecordingSource(huge)
+    reader = TarReader(source, URL, max_member_bytes=256 * 1024 * 1024)
+    with pytest.raises(ShardFormatError) as info:
+        reader.next_member()
+    assert (info.value.offset, info.value.reason) == (
+        0,
+        "member 'k.jpg' is 300000000 bytes, over max_member_bytes=268435456",
+    )
+    assert (source.asked, source.tell()) == ([512], 512)  # only the header was read
+    # without a cap the reader asks for the data, which is missing
+    err = expect_error(huge)
+    assert (err.offset, err.reason) == (
+        0,
+        "truncated data of member 'k.jpg': expected 300000000 bytes, got 0",
+    )
+
+
+def test_cap_applies_to_base256_and_pax_sizes() -> None:
+    tib = header("k.bin", 0, size_field=b"\x80" + (1 << 40).to_bytes(11, "big"))
+    err = expect_error(tib + END, max_member_bytes=1024)
+    assert (err.offset, err.reason) == (
+        0,
+        "member 'k.bin' is 1099511627776 bytes, over max_member_bytes=1024",
+    )
+    pax = pax_member({"path": "dir/k.bin"}, "k.bin", b"z" * 2000) + END
+    assert [(m.name, m.offset, len(m.data)) for m in read_all(pax, max_member_bytes=2000)] == [
+        ("dir/k.bin", 0, 2000)
+    ]
+    err = expect_error(pax, max_member_bytes=1999)
+    # reported at the member's own header, after the PAX header and its data
+    assert (err.offset, err.reason) == (1024, "member 'dir/k.bin' is 2000 bytes, over max_member_bytes=1999")
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"), [(b"L", "GNU long name"), (b"x", "PAX header"), (b"g", "PAX global header")]
+)
+def test_extended_header_over_the_limit(kind: bytes, what: str) -> None:
+    size = MAX_EXTENDED_HEADER_BYTES + 1
+    source = RecordingSource(raw_member("k.txt", b"1") + header("././@LongLink", size, kind))
+    reader = TarReader(source, URL)
+    assert reader.next_member() is not None
+    with pytest.raises(ShardFormatError) as info:
+        reader.next_member()
+    assert (info.value.offset, info.value.reason) == (
+        1024,
+        f"{what} of 1048577 bytes is over the limit of 1048576",
+    )
+    assert (max(source.asked), source.tell()) == (512, 1536)
+
+
+def test_extended_header_at_the_limit() -> None:
+    name = "d/" + "n" * (MAX_EXTENDED_HEADER_BYTES - 7) + ".txt"
+    assert len(name) + 1 == MAX_EXTENDED_HEADER_BYTES  # NUL-terminated, as GNU tar writes it
+    data = long_name_member(name, b"v") + END
+    assert [(m.name, m.offset, m.data) for m in read_all(data)] == [(name, 0, b"v")]
+
+
+def test_pax_record_without_newline() -> None:
+    body = b"13 path=k.tx!"  # the length covers the record, whose last byte is not a newline
+    data = raw_member("././@PaxHeader", body, b"x") + raw_member("k.txt", b"1") + END
+    err = expect_error(data)
+    assert (err.offset, err.reason) == (0, "malformed PAX header record length")
+
+
 # -- property: whatever tarfile writes reads back identically -----------------------------------
 
 _segment = st.text(
@@ -439,9 +575,13 @@ def test_roundtrip_property(entries: list[tuple[str, bytes]], fmt: str, end_bloc
         assume(False)
     expected = tarfile_view(data)
     assert [(name, payload) for name, _, payload in expected] == entries
-    if not end_blocks:  # cut right after the last member's padding: no end-of-archive blocks
-        data = data[: members_end(data)]
-    assert triples(read_all(data)) == expected
+    if end_blocks:
+        assert triples(read_all(data)) == expected
+        return
+    end = members_end(data)  # cut right after the last member's padding: no end-of-archive blocks
+    members, err = read_until_error(data[:end])
+    assert triples(members) == expected  # every member, then the missing marker is reported
+    assert (err.offset, err.reason) == (end, "empty object, not a tar archive" if end == 0 else NO_END_MARKER)
 
 
 def members_end(data: bytes) -> int:

@@ -23,6 +23,7 @@ from streaming_wds import (
     MemoryStorage,
     S3Storage,
     ShardWriter,
+    StorageAuthError,
     StorageError,
     StreamingWebDataset,
 )
@@ -639,10 +640,10 @@ def test_s3_failed_single_put_names_the_shard(s3: Any) -> None:
 
     w.storage.client.meta.events.register("before-call.s3.PutObject", deny)  # type: ignore[attr-defined]
     w.write(sample(0))
-    with pytest.raises(StorageError) as exc:
+    with pytest.raises(StorageAuthError) as exc:
         w.close()
-    assert (
-        str(exc.value)
-        == f"cannot write s3://{BUCKET}/p/shard-000000.tar (bucket='{BUCKET}'): AccessDenied: no"
+    assert str(exc.value) == (
+        f"cannot write s3://{BUCKET}/p/shard-000000.tar (bucket='{BUCKET}'): "
+        "credentials missing, refused or expired: AccessDenied: no"
     )
     assert s3_keys(s3) == []
