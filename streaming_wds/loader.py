@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
+import weakref
 from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -109,7 +110,10 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
             if packing.token:
                 forget_rings(packing.token)
             packing.token = f"{os.getpid()}-{id(self):x}-{next(_tokens)}"
-        return super()._get_iterator()
+        iterator = super()._get_iterator()
+        if packing is not None:  # its rings go with it, even if a worker died holding one
+            weakref.finalize(iterator, forget_rings, packing.token)
+        return iterator
 
     def __iter__(self) -> Any:
         if self._initial_iter_for_state_dict:

@@ -113,11 +113,18 @@ def _read_ring(path: str, start: int, end: int) -> bytes:
 
 
 def forget_rings(token: str) -> None:
-    """Unmap the rings of the workers started with ``token`` (once they are gone)."""
-    mark = os.path.join(_SHM_DIR, f"swds-ring-{token}-")
+    """Unmap the rings of the workers started with ``token`` (once they are gone), and remove
+    the files of rings never mapped here (a worker killed before its first batch was read)."""
+    name = f"swds-ring-{token}-"
+    mark = os.path.join(_SHM_DIR, name)
     with _readers_lock:
         for path in [p for p in _readers if p.startswith(mark)]:
             _readers.pop(path)[0].close()
+    if os.path.isdir(_SHM_DIR):
+        for left in os.listdir(_SHM_DIR):
+            if left.startswith(name):
+                with contextlib.suppress(FileNotFoundError):  # its worker may have just removed it
+                    os.unlink(os.path.join(_SHM_DIR, left))
 
 
 # -- the worker ---------------------------------------------------------------------------------
