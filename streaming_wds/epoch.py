@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ class EpochStream:
         self._fetcher: Fetcher | None = None
         self._draws: list[float] = []
         self._draws_block = -1
+        self._pid = os.getpid()  # threads, locks and streams belong to this process only
 
     def __iter__(self) -> EpochStream:
         return self
@@ -304,6 +306,10 @@ class EpochStream:
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            # a copy in a forked DataLoader worker: the download threads stayed in the parent,
+            # and a lock one of them held at the fork would never be released here
+            return
         if self._fetcher is not None:
             self._fetcher.close()
         self._prefetched.clear()
