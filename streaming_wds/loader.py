@@ -106,9 +106,7 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     def _get_iterator(self) -> Any:
         self._prepare()
         packing = self._swds_packing
-        if packing is not None:  # new workers: new rings; the previous workers' are unmapped
-            if packing.token:
-                forget_rings(packing.token)
+        if packing is not None:  # new workers: new rings
             packing.token = f"{os.getpid()}-{id(self):x}-{next(_tokens)}"
         iterator = super()._get_iterator()
         if packing is not None:  # its rings go with it, even if a worker died holding one
