@@ -93,10 +93,8 @@ class ShardExistsError(StorageError, FileExistsError):
         self.url = url
 
 
-class ShardFormatError(DataError):
-    """A shard is not a valid tar archive (corrupt header, truncation, unsupported member)."""
-
-    kind = "shard_format"
+class _ShardRegionError(DataError):
+    """A problem with a shard from a byte offset on: names the shard, the offset and why."""
 
     def __init__(self, url: str, offset: int, reason: str) -> None:
         super().__init__(f"{url} at byte {offset}: {reason}")
@@ -105,19 +103,19 @@ class ShardFormatError(DataError):
         self.reason = reason
 
 
-class ShardChangedError(DataError):
+class ShardFormatError(_ShardRegionError):
+    """A shard is not a valid tar archive (corrupt header, truncation, unsupported member)."""
+
+    kind = "shard_format"
+
+
+class ShardChangedError(_ShardRegionError):
     """A shard's content changed while it was being read (its ETag no longer matches).
 
     Raised instead of splicing bytes of two versions of the object into one stream.
     """
 
     kind = "shard_changed"
-
-    def __init__(self, url: str, offset: int, reason: str) -> None:
-        super().__init__(f"{url} at byte {offset}: {reason}")
-        self.url = url
-        self.offset = offset
-        self.reason = reason
 
 
 class SampleError(DataError):
