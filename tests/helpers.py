@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +117,20 @@ def moto_s3_server(bucket: str) -> Iterator[Server]:
             yield srv
         finally:
             moto.stop()
+
+
+def ring_files() -> list[str]:
+    """Shared-memory ring files of this process's loaders still in ``/dev/shm``."""
+    mark = f"swds-ring-{os.getpid()}-"
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(mark))
+
+
+def settle(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether ``check`` holds within ``timeout`` (pipes close and processes exit asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        gc.collect()
+        time.sleep(0.02)
+    return True

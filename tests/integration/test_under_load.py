@@ -35,7 +35,7 @@ from streaming_wds import (
     StreamOptions,
 )
 from streaming_wds.fetch import Fetcher
-from tests.helpers import Server, moto_s3_server
+from tests.helpers import Server, moto_s3_server, ring_files, settle
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -246,12 +246,6 @@ def _fd_kinds() -> collections.Counter[str]:
     return kinds
 
 
-def _rings() -> list[str]:
-    """Ring files of this process's loaders still in /dev/shm."""
-    mark = f"swds-ring-{os.getpid()}-"
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(mark))
-
-
 def _ring_maps() -> int:
     """Ring files of this process's loaders still mapped into this process."""
     mark = f"swds-ring-{os.getpid()}-"
@@ -273,7 +267,7 @@ class Snapshot:
     @staticmethod
     def take() -> Snapshot:
         gc.collect()
-        return Snapshot(frozenset(t.name for t in _threads()), _fd_kinds(), tuple(_rings()), _ring_maps())
+        return Snapshot(frozenset(t.name for t in _threads()), _fd_kinds(), tuple(ring_files()), _ring_maps())
 
     def diff(self, base: Snapshot) -> str:
         return (
@@ -281,17 +275,6 @@ class Snapshot:
             f"fds +{dict(self.fds - base.fds)} -{dict(base.fds - self.fds)}, "
             f"rings {list(self.rings)}, ring mappings {self.ring_maps} (baseline {base.ring_maps})"
         )
-
-
-def _settle(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Whether ``check`` holds within ``timeout`` (pipes close and processes exit asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        gc.collect()
-        time.sleep(0.02)
-    return True
 
 
 def _same(ref: Snapshot) -> Callable[[], bool]:
@@ -308,7 +291,7 @@ def _same(ref: Snapshot) -> Callable[[], bool]:
 
 
 def _assert_back_to(ref: Snapshot, what: str) -> None:
-    if not _settle(_same(ref)):
+    if not settle(_same(ref)):
         raise AssertionError(f"{what}: {Snapshot.take().diff(ref)}")
 
 
@@ -463,7 +446,7 @@ def test_s3_sockets_do_not_pile_up(server: Server, num_workers: int) -> None:
     for epoch in range(6):
         assert sorted(k for b in loader for k in b["__key__"]) == _keys(SMALL)
         if epoch >= 2:  # the server's end of a closed connection closes a moment later
-            _settle(lambda: _fd_kinds()["socket:"] <= sockets[1])
+            settle(lambda: _fd_kinds()["socket:"] <= sockets[1])
         sockets.append(_fd_kinds()["socket:"])
     assert max(sockets[2:]) <= sockets[1], f"open sockets after each epoch: {sockets}"
 
@@ -471,7 +454,7 @@ def test_s3_sockets_do_not_pile_up(server: Server, num_workers: int) -> None:
     del loader
     ds.storage.client.close()  # the main process's client (listing), so its sockets close now
     del ds
-    if not _settle(lambda: _fd_kinds()["socket:"] <= base.fds["socket:"]):
+    if not settle(lambda: _fd_kinds()["socket:"] <= base.fds["socket:"]):
         raise AssertionError(f"sockets left open: {Snapshot.take().diff(base)}")
 
 

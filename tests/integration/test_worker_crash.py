@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from streaming_wds import ShardWriter, StreamingDataLoader, StreamingWebDataset, StreamOptions
-from tests.helpers import Server, moto_s3_server
+from tests.helpers import Server, moto_s3_server, ring_files, settle
 from tests.resume_harness import epoch_keys
 
 NUM, PER_SHARD, BATCH, WORKERS = 120, 10, 4, 2  # 12 shards; 15 batches per worker and epoch
@@ -63,19 +63,8 @@ def _children() -> set[int]:
     return found
 
 
-def _rings() -> list[str]:
-    """Shared-memory ring files of loaders of this process still in ``/dev/shm``."""
-    mark = f"swds-ring-{os.getpid()}-"
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(mark))
-
-
 def _wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gc.collect()
-        time.sleep(0.02)
+    assert settle(cond, timeout), f"timed out waiting for {what}"
 
 
 def _kill(it: Iterator[Any], pid: int) -> None:
@@ -126,7 +115,7 @@ def _checked_keys(loader: StreamingDataLoader) -> list[str]:
 
 
 def _check_crash_resume(make: MakeLoader, ref: list[list[str]], checkpoint_at: int, lost: int) -> None:
-    rings = _rings()
+    rings = ring_files()
     kept, checkpoint = _crash_run(make, checkpoint_at, lost, victim=checkpoint_at % WORKERS)
     resumed = make()
     resumed.load_state_dict(checkpoint)
@@ -139,7 +128,7 @@ def _check_crash_resume(make: MakeLoader, ref: list[list[str]], checkpoint_at: i
     assert epoch_keys(resumed) == ref[1], "the epoch after the resumed one differs"
     del resumed
     gc.collect()
-    assert _rings() == rings, "shared-memory rings left in /dev/shm"
+    assert ring_files() == rings, "shared-memory rings left in /dev/shm"
 
 
 def _factory(remote: str | Path, **kw: Any) -> MakeLoader:
@@ -210,20 +199,20 @@ def test_worker_killed_before_its_first_batch_is_read_leaves_no_ring(tmp_path: P
     then, nobody but the main process can remove its ring file from /dev/shm."""
     _write(tmp_path)
     make = _factory(tmp_path)
-    stale = set(_rings())
+    stale = set(ring_files())
     before = _children()
     loader = make()
     it = iter(loader)  # the workers start and prefetch batches at once
     workers = sorted(_children() - before)
     try:
-        _wait_until(lambda: len(set(_rings()) - stale) == WORKERS, "both workers to create their rings")
+        _wait_until(lambda: len(set(ring_files()) - stale) == WORKERS, "both workers to create their rings")
         _kill(it, workers[1])
         del it, loader
         _wait_until(lambda: not (_children() & set(workers)), "the crashed loader's workers to be reaped")
-        left = set(_rings()) - stale
+        left = set(ring_files()) - stale
         assert not left, f"a killed worker's shared-memory ring stays in /dev/shm: {sorted(left)}"
     finally:
-        for name in set(_rings()) - stale:  # do not leave the machine's /dev/shm fuller
+        for name in set(ring_files()) - stale:  # do not leave the machine's /dev/shm fuller
             os.unlink(f"/dev/shm/{name}")
 
 
