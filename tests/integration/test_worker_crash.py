@@ -116,7 +116,11 @@ def _checked_keys(loader: StreamingDataLoader) -> list[str]:
 
 def _check_crash_resume(make: MakeLoader, ref: list[list[str]], checkpoint_at: int, lost: int) -> None:
     rings = ring_files()
-    kept, checkpoint = _crash_run(make, checkpoint_at, lost, victim=checkpoint_at % WORKERS)
+    # The victim is the worker that owes the next batch: it cannot have finished yet. A worker
+    # that has delivered its last batch may already have exited normally, and killing it then
+    # is no crash at all (near the end of the epoch that raced).
+    victim = (checkpoint_at + lost) % WORKERS
+    kept, checkpoint = _crash_run(make, checkpoint_at, lost, victim=victim)
     resumed = make()
     resumed.load_state_dict(checkpoint)
     after = _checked_keys(resumed)
