@@ -14,9 +14,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import threading
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .checksum import crc32
 from .config import StreamOptions
 from .errors import ShardFormatError
 from .storage.base import ByteStream, ObjectInfo, Storage
@@ -158,7 +158,7 @@ class ShardReader:
                 self._failed = exc
                 raise
             if self._crc is not None:  # pieces are read in order under the lock
-                self._crc = zlib.crc32(data, self._crc)  # releases the GIL
+                self._crc = crc32(data, self._crc)  # releases the GIL
             return start, n, data
 
     def _take(self, start: int) -> bytes | None:
