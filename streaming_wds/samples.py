@@ -43,6 +43,8 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 def is_meta(name: str) -> bool:
     """Whether a member is webdataset metadata (``__name__`` at the top level)."""
+    if not name.startswith("__"):
+        return False
     head = name.split("/", 1)[0]
     return len(head) > 4 and head.startswith("__") and head.endswith("__")
 
@@ -72,6 +74,7 @@ class SampleReader:
     def __init__(self, tar: TarReader) -> None:
         self.tar = tar
         self._pending: Member | None = None
+        self._pending_parts: tuple[str, str] | None = None  # split_name of the pending member
         self._seen: dict[str, int] = {}  # key -> offset of its first sample in this shard
 
     @property
@@ -93,11 +96,13 @@ class SampleReader:
             ShardFormatError: At a corrupt or truncated header. The sample being read when it is
                 met is not returned: its end could not be confirmed, so it may be incomplete.
         """
-        member = self._pending or self._next_member()
-        self._pending = None
+        member, parts = self._pending, self._pending_parts
+        self._pending = self._pending_parts = None
         if member is None:
-            return None
-        parts = split_name(member.name)
+            member = self._next_member()
+            if member is None:
+                return None
+            parts = split_name(member.name)
         if parts is None:
             return RawSample(
                 key=member.name,
@@ -119,7 +124,7 @@ class SampleReader:
                 return sample
             parts = split_name(member.name)
             if parts is None or parts[0] != key:
-                self._pending = member
+                self._pending, self._pending_parts = member, parts
                 return sample
             if parts[1] in sample.fields and sample.error is None:
                 sample.error = f"field {shown(parts[1])} appears twice (member {shown(member.name)})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+from zlib import adler32
 
 from .errors import ShardFormatError
 
@@ -83,8 +84,17 @@ def _octal(field: bytes) -> int:
     if field and field[0] & 0x80:  # GNU base-256
         value = int.from_bytes(field[1:], "big")
         return -value if field[0] & 0x40 else value
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    return int(text, 8) if text else 0
+    try:  # the usual "digits, then NULs" (int() itself strips spaces)
+        return int(field.rstrip(b"\0"), 8)
+    except ValueError:  # a NUL before the end, or nothing: the text up to the first NUL
+        text = field.split(b"\0", 1)[0].strip(b" ")
+        return int(text, 8) if text else 0
+
+
+def _byte_sum(header: bytes) -> int:
+    """``sum(header)`` for a 512-byte header, ten times faster: Adler-32's first half is one
+    plus the byte sum modulo 65521, exact for 256 bytes (at most 256 * 255 = 65280)."""
+    return (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -92,7 +102,7 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _octal(header[148:156])
     except ValueError:  # not octal digits: not a tar header at all
         return False
-    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    unsigned = _byte_sum(header) - sum(header[148:156]) + 8 * 32
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32

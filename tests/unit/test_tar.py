@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from streaming_wds.errors import ShardFormatError
-from streaming_wds.tar import MAX_EXTENDED_HEADER_BYTES, Member, TarReader
+from streaming_wds.tar import MAX_EXTENDED_HEADER_BYTES, Member, TarReader, _byte_sum
 from tests.badtars import END, header, long_name_member, pax_member, raw_member
 from tests.helpers import BytesSource
 
@@ -392,6 +392,50 @@ def test_wrong_checksum_value() -> None:
     data[148:156] = b"%06o\0 " % (stored + 1)
     err = expect_error(bytes(data))
     assert (err.offset, err.reason) == (0, "tar header checksum mismatch (corrupt or not a tar file)")
+
+
+def test_checksum_of_high_bytes_unsigned_and_signed() -> None:
+    """A name of bytes over 127: the unsigned sum (POSIX) and the signed one (old Sun tar) are
+    both accepted; anything else is not."""
+    name = "\u00e9" * 40 + ".txt"  # 80 bytes of UTF-8, all over 127
+    data = bytearray(make_tar([(name, b"x")], tarfile.USTAR_FORMAT))
+    header = data[:512]
+    unsigned = sum(header[:148]) + sum(header[156:]) + 8 * 32
+    signed = unsigned - 256 * sum(1 for b in header[:148] + header[156:] if b > 127)
+    assert int(header[148:154], 8) == unsigned
+    assert [(m.name, m.data) for m in read_all(bytes(data))] == [(name, b"x")]
+    data[148:156] = b"%06o\0 " % signed
+    assert [(m.name, m.data) for m in read_all(bytes(data))] == [(name, b"x")]
+    data[148:156] = b"%06o\0 " % (signed - 1)
+    assert expect_error(bytes(data)).reason == "tar header checksum mismatch (corrupt or not a tar file)"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"00000000005\0",
+        b"0000000005 \0",
+        b"000000005\0 \0",
+        b"5\0" + b"\0" * 10,
+        b"   5        ",
+        b"5\0junk\0\0\0\0\0\0",
+    ],
+)
+def test_size_field_spellings(field: bytes) -> None:
+    """Octal digits ended by NULs or spaces, or padded with spaces; text after the first NUL is
+    ignored (as ``tarfile`` does)."""
+    data = bytearray(make_tar([("k.txt", b"12345")], tarfile.USTAR_FORMAT))
+    header = bytearray(data[:512])
+    assert len(field) == 12
+    header[124:136] = field
+    set_checksum(header)
+    data[:512] = header
+    assert [(m.name, m.data) for m in read_all(bytes(data))] == [("k.txt", b"12345")]
+
+
+@given(st.binary(min_size=512, max_size=512))
+def test_byte_sum_is_sum(header: bytes) -> None:
+    assert _byte_sum(header) == sum(header)
 
 
 def test_not_a_tar_file() -> None:
