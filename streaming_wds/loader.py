@@ -46,7 +46,7 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     Batches from worker processes: every ``bytes`` object of at least 1 KB in a collated batch
     crosses from the worker to the main process through a shared-memory ring of
     ``shared_memory_bytes`` per worker (in ``/dev/shm``) instead of the result pipe, and arrives
-    as ordinary ``bytes``. A batch that does not fit at the moment goes through the pipe.
+    as ordinary ``bytes``. What does not fit at the moment goes through the pipe.
 
     Args:
         dataset: The dataset to load.

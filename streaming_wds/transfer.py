@@ -9,19 +9,21 @@ carries only the batch's structure. Unpickling a ``_RingRef`` in the main proces
 bytes out of the ring (the user gets plain ``bytes``) and hands the space back to the worker.
 
 Regions are handed back in the order the worker wrote them (a worker's batches are unpickled in
-order), so the ring is a head and a tail. A batch that does not fit in the free space travels
-the ordinary way, so a worker never waits for the main process. Tensors are left alone: torch
-already moves them through shared memory.
+order), so the ring is a head and a tail. Each blob gets its own region, so a batch never needs
+one contiguous stretch; the blobs that do not fit in the free space travel the ordinary way, so
+a worker never waits for the main process. Tensors are left alone: torch already moves them
+through shared memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _HEADER = 64  # the first 8 bytes: how far the main process has consumed (absolute position)
@@ -146,7 +148,9 @@ def _worker_ring(token: str, capacity: int) -> _WorkerRing | None:
 
 
 # Both walks descend into exactly the same containers (plain dicts, lists and tuples; subclasses
-# such as named tuples are left as they are), so every blob written to the ring is swapped out.
+# such as named tuples are left as they are) in the same order, so the k-th blob ``_blobs``
+# collects is the k-th one ``_swap`` replaces. The same ``bytes`` object met twice is two blobs,
+# each with its own region: the main process reads regions in order and hands each back.
 
 
 def _blobs(obj: Any, out: list[bytes]) -> None:
@@ -161,9 +165,12 @@ def _blobs(obj: Any, out: list[bytes]) -> None:
             _blobs(v, out)
 
 
-def _swap(obj: Any, refs: dict[int, _RingRef]) -> Any:
+def _swap(obj: Any, refs: Iterator[_RingRef | None]) -> Any:
     if type(obj) is bytes:
-        return refs.get(id(obj), obj)
+        if len(obj) < _MIN_BYTES:
+            return obj
+        ref = next(refs)
+        return obj if ref is None else ref
     if type(obj) is dict:
         return {k: _swap(v, refs) for k, v in obj.items()}
     if type(obj) is list:
@@ -174,7 +181,8 @@ def _swap(obj: Any, refs: dict[int, _RingRef]) -> Any:
 
 
 def pack(batch: Any, token: str, capacity: int) -> Any:
-    """``batch`` with its large ``bytes`` objects moved into this worker's ring, where they fit."""
+    """``batch`` with its large ``bytes`` objects moved into this worker's ring, in order, as
+    many as fit; the rest (once the ring is full) stay in the batch and cross the pipe."""
     blobs: list[bytes] = []
     _blobs(batch, blobs)
     if not blobs:
@@ -182,16 +190,16 @@ def pack(batch: Any, token: str, capacity: int) -> Any:
     ring = _worker_ring(token, capacity)
     if ring is None:
         return batch
-    start = ring.reserve(sum(len(b) for b in blobs))
-    if start is None:
+    refs: list[_RingRef | None] = []
+    for blob in blobs:  # one region each: a batch never needs one contiguous stretch of the ring
+        start = ring.reserve(len(blob))
+        if start is None:
+            break
+        ring.write(start, blob)
+        refs.append(_RingRef(ring.path, start, start + len(blob)))
+    if not refs:
         return batch
-    refs: dict[int, _RingRef] = {}
-    pos = start
-    for blob in blobs:
-        ring.write(pos, blob)
-        refs[id(blob)] = _RingRef(ring.path, pos, pos + len(blob))
-        pos += len(blob)
-    return _swap(batch, refs)
+    return _swap(batch, itertools.chain(refs, itertools.repeat(None)))
 
 
 class PackingCollate:

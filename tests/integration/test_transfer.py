@@ -100,6 +100,56 @@ def test_ring_space_is_reused_once_the_main_process_has_read_it() -> None:
     assert not glob.glob(f"/dev/shm/swds-ring-{token}-*")
 
 
+def _drop_ring(token: str) -> None:
+    """Remove this process's ring for ``token`` (a test's own) and its file."""
+    transfer._rings.pop((token, os.getpid())).unlink()
+
+
+def test_a_batch_straddling_the_end_of_the_ring_still_uses_it() -> None:
+    """Each blob gets its own region: a batch of 6,000 bytes fits an 8,000-byte ring whose free
+    space is the last 3,000 bytes plus the first 3,000 (no contiguous 6,000)."""
+    token = f"test-wrap-{os.getpid()}"
+    first = bytes([7]) * 5000
+    blobs = [bytes([1]) * 3000, bytes([2]) * 3000]
+    try:
+        assert pickle.loads(pickle.dumps(transfer.pack({"b": [first]}, token, 8000))) == {"b": [first]}
+        packed = transfer.pack({"b": blobs}, token, 8000)
+        assert [(r.start % 8000, r.end - r.start) for r in packed["b"]] == [(5000, 3000), (0, 3000)]
+        assert pickle.loads(pickle.dumps(packed)) == {"b": blobs}
+    finally:
+        _drop_ring(token)
+        transfer.forget_rings(token)
+
+
+def test_what_does_not_fit_crosses_the_pipe_and_the_rest_the_ring() -> None:
+    token = f"test-part-{os.getpid()}"
+    blobs = [bytes([i]) * 3000 for i in range(3)]
+    try:
+        packed = transfer.pack({"b": blobs, "n": [1, 2, 3]}, token, 8000)
+        assert [type(b) for b in packed["b"]] == [transfer._RingRef, transfer._RingRef, bytes]
+        wire = pickle.dumps(packed)
+        assert 3000 < len(wire) < 3500  # only the third blob crosses the pipe
+        assert pickle.loads(wire) == {"b": blobs, "n": [1, 2, 3]}
+    finally:
+        _drop_ring(token)
+        transfer.forget_rings(token)
+
+
+def test_the_same_bytes_object_twice_gets_two_regions() -> None:
+    """The main process hands each region back as it reads it: two references to one region
+    would read it after its space was handed back (and possibly overwritten)."""
+    token = f"test-twice-{os.getpid()}"
+    blob = bytes(range(256)) * 8
+    try:
+        packed = transfer.pack([blob, b"small", blob], token, 8000)
+        assert [(r.start, r.end) for r in (packed[0], packed[2])] == [(0, 2048), (2048, 4096)]
+        assert packed[1] == b"small"
+        assert pickle.loads(pickle.dumps(packed)) == [blob, b"small", blob]
+    finally:
+        _drop_ring(token)
+        transfer.forget_rings(token)
+
+
 def test_containers_it_does_not_rebuild_are_left_whole_and_use_no_ring_space() -> None:
     import collections
 
