@@ -85,32 +85,39 @@ class _RingRef:
 
 # -- the main process ---------------------------------------------------------------------------
 
-_readers: dict[str, tuple[mmap.mmap, int]] = {}
+# path -> (file descriptor, the header mapped, capacity). The main process reads the data with
+# pread() rather than mapping it: the ring's pages then count in the memory of the worker that
+# writes them only (not twice), and the read completes before the consumed mark is stored.
+_readers: dict[str, tuple[int, mmap.mmap, int]] = {}
 _readers_lock = threading.Lock()
 
 
-def _reader(path: str) -> tuple[mmap.mmap, int]:
+def _reader(path: str) -> tuple[int, mmap.mmap, int]:
     with _readers_lock:
         found = _readers.get(path)
         if found is None:
             fd = os.open(path, os.O_RDWR)
             try:
                 size = os.fstat(fd).st_size
-                found = (mmap.mmap(fd, size), size - _HEADER)
-            finally:
+                found = (fd, mmap.mmap(fd, _HEADER), size - _HEADER)
+            except BaseException:
                 os.close(fd)
-            os.unlink(path)  # mapped in both processes now; the memory goes when both unmap it
+                raise
+            os.unlink(path)  # open in both processes now; the memory goes when both close it
             _readers[path] = found
         return found
 
 
 def _read_ring(path: str, start: int, end: int) -> bytes:
     """Unpickling a :class:`_RingRef`: the bytes, copied out; their space is given back."""
-    ring, capacity = _reader(path)
-    pos = _HEADER + start % capacity
-    data = ring[pos : pos + end - start]
-    if end > struct.unpack_from("<Q", ring, 0)[0]:
-        struct.pack_into("<Q", ring, 0, end)
+    fd, header, capacity = _reader(path)
+    data = os.pread(fd, end - start, _HEADER + start % capacity)
+    if len(data) != end - start:
+        raise OSError(
+            f"shared-memory ring {path} is shorter than expected ({len(data)} of {end - start} bytes)"
+        )
+    if end > struct.unpack_from("<Q", header, 0)[0]:
+        struct.pack_into("<Q", header, 0, end)
     return data
 
 
@@ -121,7 +128,9 @@ def forget_rings(token: str) -> None:
     mark = os.path.join(_SHM_DIR, name)
     with _readers_lock:
         for path in [p for p in _readers if p.startswith(mark)]:
-            _readers.pop(path)[0].close()
+            fd, header, _ = _readers.pop(path)
+            header.close()
+            os.close(fd)
     if os.path.isdir(_SHM_DIR):
         for left in os.listdir(_SHM_DIR):
             if left.startswith(name):

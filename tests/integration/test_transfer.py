@@ -60,6 +60,29 @@ def test_worker_batches_equal_in_process_batches(root: Path, context: str) -> No
     assert rings() == before  # every ring file was unlinked
 
 
+def _ring_mappings() -> list[int]:
+    """Sizes of this process's mappings of ring files, from ``/proc/self/maps``."""
+    sizes = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "/swds-ring-" in line:
+                lo, hi = line.split()[0].split("-")
+                sizes.append(int(hi, 16) - int(lo, 16))
+    return sizes
+
+
+def test_the_main_process_maps_only_each_rings_header(root: Path) -> None:
+    """The main process reads ring data with pread(): the rings' pages count in the memory of
+    the workers that write them, not a second time in the main process."""
+    ds = StreamingWebDataset(root, shuffle=True, seed=3, options=StreamOptions(interleave=2))
+    loader = StreamingDataLoader(ds, batch_size=BATCH, num_workers=2, multiprocessing_context="fork")
+    it = iter(loader)
+    got = [next(it) for _ in range(6)]
+    assert all(type(b) is bytes for batch in got for b in batch["bin"])
+    assert _ring_mappings() and all(size <= 4096 for size in _ring_mappings())
+    del it, loader
+
+
 def test_a_ring_too_small_for_a_batch_falls_back_to_the_pipe(root: Path) -> None:
     check(batches(root, num_workers=2, shared_memory_bytes=1000))
 
