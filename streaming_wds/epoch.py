@@ -184,16 +184,19 @@ class EpochStream:
             self._slots = [self._reopen(s) if s is not None else None for s in state.slots]
             self._restore = None
         self._top_up_prefetch()
+        self._fetcher.pump()  # the rest of the read-ahead, once every first piece is queued
+        if state is not None:  # every shard is requested before any block is waited for
+            for slot, s in zip(self._slots, state.slots, strict=True):
+                if slot is not None and s is not None:
+                    slot.load_block(self.spec.options.shuffle_block, self._permute_seed(slot))
+                    slot.pos = min(s.block_pos, len(slot.block))
 
     def _reopen(self, s: SlotState) -> _Slot:
+        """The slot of ``s``, its shard opened at the block's offset; its block is loaded later."""
         assert self._fetcher is not None
         info = self.spec.shards[s.shard]
         reader = self._fetcher.open(info, s.block_offset)
-        cap = self.spec.options.max_member_bytes
-        slot = _Slot(s.shard, info, reader, s.delivered, s.block_offset, cap)
-        slot.load_block(self.spec.options.shuffle_block, self._permute_seed(slot))
-        slot.pos = min(s.block_pos, len(slot.block))
-        return slot
+        return _Slot(s.shard, info, reader, s.delivered, s.block_offset, self.spec.options.max_member_bytes)
 
     def _open_next(self) -> _Slot | None:
         assert self._fetcher is not None

@@ -51,10 +51,17 @@ class Fetcher:
         self._readers: list[ShardReader] = []
 
     def open(self, info: ObjectInfo, start: int = 0) -> ShardReader:
-        """A reader of ``info`` from byte ``start``; its first ranges are requested at once."""
+        """A reader of ``info`` from byte ``start``; its first piece is requested at once, the
+        rest of its read-ahead at the next :meth:`pump`.
+
+        Pieces of one stream are read one after the other, so a second piece queued right
+        behind the first would hold a thread idle through the first one's request. Opening
+        several shards and then pumping queues every first piece before any second one: with
+        18 shards opened at the start of an epoch, 8 threads send 8 requests at once, not 4.
+        """
         reader = ShardReader(self, info, start)
         self._readers.append(reader)
-        reader.top_up()
+        reader.top_up(limit=1)
         return reader
 
     def submit(self, reader: ShardReader) -> Future[_Piece]:
@@ -129,10 +136,12 @@ class ShardReader:
         """Absolute offset of the next byte :meth:`read` returns."""
         return self._buf_start + self._pos
 
-    def top_up(self) -> None:
+    def top_up(self, limit: int | None = None) -> None:
+        """Request pieces up to ``readahead`` (or ``limit``) pending, as the budget allows."""
         opts = self.fetcher.options
         size = self.info.size
-        while not self._closed and self._next_fetch < size and len(self._pending) < opts.readahead:
+        ahead = opts.readahead if limit is None else min(limit, opts.readahead)
+        while not self._closed and self._next_fetch < size and len(self._pending) < ahead:
             n = min(opts.chunk_size, size - self._next_fetch)
             # A reader holding nothing may always fetch one piece, so every open shard progresses.
             if self.held and not self.fetcher.can_charge(n, self):

@@ -113,3 +113,63 @@ def test_a_stream_error_reaches_the_consumer_and_threads_are_joined() -> None:
     with pytest.raises(StorageError, match="connection reset"):
         list(StreamingWebDataset(store))
     assert not [t for t in threading.enumerate() if t.name.startswith("swds-fetch")]
+
+
+def test_every_first_piece_is_requested_before_any_second() -> None:
+    """Pieces of one stream are read one after another: a second piece queued right behind the
+    first would keep a thread waiting through the first one's request. Opening shards queues
+    one piece each; the rest of the read-ahead comes with the next pump."""
+    store = memory_dataset(30, 10)
+    opts = StreamOptions(chunk_size=1000, readahead=2, max_workers=1)
+    fetcher = Fetcher(store, opts, max_readers=3)
+    order: list[tuple[str, int]] = []
+    submit = fetcher.submit
+
+    def recording(reader: Any) -> Any:
+        order.append((reader.info.name, reader._plan[-1][0]))
+        return submit(reader)
+
+    fetcher.submit = recording  # type: ignore[method-assign]
+    try:
+        infos = store.list(".tar")
+        for info in infos:
+            fetcher.open(info)
+        assert order == [(info.name, 0) for info in infos]
+        fetcher.pump()
+        assert order[3:] == [(info.name, 1000) for info in infos]
+    finally:
+        fetcher.close()
+
+
+def test_a_resumed_epoch_requests_every_shard_before_waiting_for_a_block() -> None:
+    """Resuming reopens each slot's shard at its block; all of them are requested before the
+    first block is read, not one shard's request after another."""
+    store = memory_dataset(40, 5)
+    opts = StreamOptions(chunk_size=1000, interleave=4, shuffle_block=2, prefetch=0)
+    ds = StreamingWebDataset(store, shuffle=True, seed=1, options=opts)
+    it = iter(ds)
+    first = [next(it)["__key__"] for _ in range(9)]
+    state = ds.state_dict()
+    del it
+    events: list[str] = []
+    real_open = Fetcher.open
+
+    def open_(self: Fetcher, info: ObjectInfo, start: int = 0) -> Any:
+        events.append("open")
+        reader = real_open(self, info, start)
+        real_read = reader.read
+
+        def read(n: int) -> bytes:
+            events.append("read")
+            return real_read(n)
+
+        reader.read = read  # type: ignore[method-assign]
+        return reader
+
+    resumed = StreamingWebDataset(store, shuffle=True, seed=1, options=opts)
+    resumed.load_state_dict(state)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Fetcher, "open", open_)
+        rest = [s["__key__"] for s in resumed]
+    assert events[:4] == ["open"] * 4 and events[4] == "read"
+    assert sorted(first + rest) == all_keys(40)
