@@ -159,21 +159,11 @@ def test_no_resume_without_max_resumes(s3: Any) -> None:
 def test_an_object_replaced_mid_read_is_never_spliced(s3: Any) -> None:
     store = S3Storage(BUCKET, "p")
     etag = _etag(s3)
-    client = store.client
-    real = client.get_object
-    calls: list[dict[str, Any]] = []
-
-    def get_object(**kw: Any) -> Any:
-        calls.append(kw)
-        resp = real(**kw)
-        if len(calls) == 1:  # the object is replaced while its first response is being read
-            s3.put_object(Bucket=BUCKET, Key="p/a.tar", Body=DATA[::-1])
-            resp["Body"] = _Breaking(resp["Body"], 4096, _broken())
-        return resp
-
-    client.get_object = get_object
+    calls = _break_bodies(store, [4096], _broken())
     stream = store.open_read("a.tar", 0, etag=etag, max_resumes=3)
     assert stream.read(4096) == DATA[:4096]
+    # the object is replaced while its first response is being read (it breaks at 4096)
+    s3.put_object(Bucket=BUCKET, Key="p/a.tar", Body=DATA[::-1])
     with pytest.raises(ShardChangedError) as info:
         stream.read(4096)
     assert info.value.offset == 4096
