@@ -45,8 +45,8 @@ def is_meta(name: str) -> bool:
     """Whether a member is webdataset metadata (``__name__`` at the top level)."""
     if not name.startswith("__"):
         return False
-    head = name.split("/", 1)[0]
-    return len(head) > 4 and head.startswith("__") and head.endswith("__")
+    head = name.split("/", 1)[0]  # starts with "__" too: it is a prefix of name without a "/"
+    return len(head) > 4 and head.endswith("__")
 
 
 def path_problem(name: str) -> str | None:
