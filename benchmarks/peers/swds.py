@@ -17,7 +17,7 @@ ENV = "main"
 
 
 def make(cfg: dict[str, Any]) -> Any:
-    from streaming_wds import S3Options, StreamingDataLoader, StreamingWebDataset
+    from streaming_wds import S3Options, StreamingDataLoader, StreamingWebDataset, StreamOptions
 
     schema: dict[str, Any] = cfg.get("schema") or {}
     if cfg["mode"] == "decode" and not schema:
@@ -29,6 +29,7 @@ def make(cfg: dict[str, Any]) -> Any:
         shuffle=cfg["shuffle"],
         seed=cfg["seed"],
         s3=S3Options(endpoint_url=cfg["endpoint"]),
+        options=StreamOptions(**cfg.get("stream", {})),
     )
     return StreamingDataLoader(ds, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
 
