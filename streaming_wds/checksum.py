@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-Crc32 = Callable[[bytes, int], int]
+Crc32 = Callable[[bytes | bytearray | memoryview, int], int]
 
 
 def _fastest() -> tuple[Crc32, str]:

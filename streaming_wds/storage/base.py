@@ -30,7 +30,12 @@ class ObjectInfo(msgspec.Struct, frozen=True):
 
 
 class ByteStream(Protocol):
-    """Sequential reads of one object from some offset; returned by ``Storage.open_read``."""
+    """Sequential reads of one object from some offset; returned by ``Storage.open_read``.
+
+    A stream may also have ``readinto(view: memoryview) -> int``, filling ``view`` (fewer bytes
+    only at the end) and returning the count: the fetcher then reads into reused buffers instead
+    of copying what ``read`` returns. The streams of the built-in stores have it.
+    """
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the object's end."""

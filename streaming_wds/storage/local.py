@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import ObjectNotFoundError, ShardNotFoundError, StorageError
 from .base import ObjectInfo
@@ -84,7 +84,7 @@ class LocalStorage:
 
 
 class _FileStream:
-    def __init__(self, f: BinaryIO, path: Path) -> None:
+    def __init__(self, f: BufferedReader, path: Path) -> None:
         self._f = f
         self._path = path
 
@@ -93,6 +93,18 @@ class _FileStream:
             return self._f.read(n)
         except OSError as exc:
             raise StorageError(f"cannot read {self._path}: {exc}") from exc
+
+    def readinto(self, view: memoryview) -> int:
+        got = 0
+        try:
+            while got < len(view):
+                n = self._f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path}: {exc}") from exc
+        return got
 
     def close(self) -> None:
         self._f.close()

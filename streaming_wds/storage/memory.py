@@ -67,5 +67,12 @@ class _MemoryStream:
         self._pos += len(out)
         return out
 
+    def readinto(self, view: memoryview) -> int:
+        self._store.reads += 1
+        n = min(len(view), len(self._data) - self._pos)
+        view[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
     def close(self) -> None:
         pass

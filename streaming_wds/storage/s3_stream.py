@@ -82,27 +82,32 @@ class S3Stream:
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the object's end."""
-        parts: list[bytes] = []
-        need = n
-        while need > 0 and not self._ended:
+        buf = bytearray(n)
+        got = self.readinto(memoryview(buf))
+        del buf[got:]
+        return bytes(buf)
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view``; returns the bytes read, fewer than ``len(view)`` only at the end."""
+        got = 0
+        while got < len(view) and not self._ended:
             if self._body is None:
                 self._open()
                 continue
             try:
-                part = self._body.read(need)
+                n: int = self._body.readinto(view[got:])
             except Exception as exc:
                 if not s3_errors.is_broken_body(exc):
                     raise
                 self._broke(exc)
                 continue
-            if not part:
+            if not n:
                 self._ended = True
                 self._close_body()
                 break
-            parts.append(part)
-            need -= len(part)
-            self._pos += len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            got += n
+            self._pos += n
+        return got
 
     def _close_body(self) -> None:
         body, self._body = self._body, None

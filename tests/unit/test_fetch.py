@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streaming_wds import MemoryStorage, StorageError, StreamingWebDataset, StreamOptions
 from streaming_wds.fetch import Fetcher
@@ -173,3 +175,75 @@ def test_a_resumed_epoch_requests_every_shard_before_waiting_for_a_block() -> No
         rest = [s["__key__"] for s in resumed]
     assert events[:4] == ["open"] * 4 and events[4] == "read"
     assert sorted(first + rest) == all_keys(40)
+
+
+class RecordingStorage(MemoryStorage):
+    """Streams that fill the fetcher's buffers and record which buffer each read filled."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        super().__init__(objects)
+        self.buffers: dict[int, object] = {}  # id -> buffer, kept alive so no id is reused
+        self.readintos = 0
+
+    def open_read(self, name: str, start: int, **kw: Any) -> Any:
+        inner = super().open_read(name, start, **kw)
+        store = self
+
+        class Recording:
+            def read(self, n: int) -> bytes:
+                raise AssertionError("the fetcher reads a stream that has readinto with readinto")
+
+            def readinto(self, view: memoryview) -> int:
+                store.buffers[id(view.obj)] = view.obj
+                store.readintos += 1
+                time.sleep(random.random() / 2000)  # pieces finish out of order
+                got: int = inner.readinto(view)
+                return got
+
+            def close(self) -> None:
+                inner.close()
+
+        return Recording()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(min_size=0, max_size=5000),
+    chunk=st.integers(1, 700),
+    readahead=st.integers(1, 4),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 1500)), max_size=40),
+)
+def test_reused_piece_buffers_never_change_what_was_read(
+    data: bytes, chunk: int, readahead: int, steps: list[tuple[bool, int]]
+) -> None:
+    """Reads and skips of any size, across any number of pieces, return exactly the shard's
+    bytes, although consumed piece buffers are handed out again for later pieces (a read
+    spanning pieces joins them before their buffers go back)."""
+    store = RecordingStorage({"a.tar": data})
+    opts = StreamOptions(chunk_size=chunk, readahead=readahead, max_workers=4, buffer_bytes=max(chunk, 4096))
+    fetcher = Fetcher(store, opts, max_readers=1)
+    reader = fetcher.open(store.list(".tar")[0])
+    pos = 0
+    spanned = 1  # most pieces one read has spanned
+    try:
+        drain = [(True, chunk)] * (-(-len(data) // chunk) + 1)  # then read to the end, a piece at a time
+        for is_read, n in steps + drain:
+            if is_read:
+                if n and pos < len(data):
+                    spanned = max(spanned, (min(len(data), pos + n) - 1) // chunk - pos // chunk + 1)
+                assert reader.read(n) == data[pos : pos + n]
+                pos = min(len(data), pos + n)
+            else:
+                skipped = reader.skip(n)
+                assert skipped == min(n, len(data) - pos)
+                pos += skipped
+            assert reader.tell() == pos
+        assert reader.read(1) == b""
+    finally:
+        fetcher.close()
+    assert fetcher.charged == 0
+    pieces = -(-len(data) // chunk)
+    assert store.readintos == pieces
+    # buffers in use at once: the pieces one read views until it joins them, the one it moved
+    # on from, and the read-ahead
+    assert len(store.buffers) <= min(pieces, spanned + 1 + readahead)

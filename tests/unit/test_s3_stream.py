@@ -62,6 +62,11 @@ class _Breaking:
         self.left -= len(data)
         return data
 
+    def readinto(self, view: memoryview) -> int:
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
     def close(self) -> None:
         self.body.close()
 
