@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from .checkpoint import ConsumerState, fingerprint
 from .config import S3Options, StreamOptions
@@ -220,6 +220,10 @@ class StreamingWebDataset(IterableDataset[Any]):
             self._past_errors.update(self._stream.errors)
             self._stream.close()
         self._stream = EpochStream(spec, plan, pending)
+        if get_worker_info() is not None:
+            # A DataLoader worker creates its iterator at start-up, before the main process
+            # asks for the first batch: the requests go out while that handshake runs.
+            self._stream.start()
         return self._stream
 
     # -- Stateful ----------------------------------------------------------------------------

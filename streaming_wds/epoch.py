@@ -173,7 +173,20 @@ class EpochStream:
 
     # -- order -------------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Open the first shards and request them now; otherwise the first ``next()`` does."""
+        if self._started or self._closed:
+            return
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
     def _start(self) -> None:
+        warm_up = getattr(self.spec.storage, "warm_up", None)
+        if warm_up is not None:  # before any download thread starts
+            warm_up()
         self._fetcher = Fetcher(self.spec.storage, self.spec.options, self.width + self.spec.options.prefetch)
         self._started = True
         state = self._restore

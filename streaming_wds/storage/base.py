@@ -54,6 +54,9 @@ class Storage(Protocol):
     reads only version ``etag`` when given (raising ``ShardChangedError`` otherwise) and resumes
     a broken-off body up to ``max_resumes`` times. Shards are then read through it; a store
     without it is read with one ``read_range`` per piece.
+
+    A store may also have ``warm_up()``: called once per epoch, in the consumer's process, before
+    any download thread starts (the S3 store builds that process's client there).
     """
 
     @property

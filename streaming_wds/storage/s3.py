@@ -103,6 +103,14 @@ class S3Storage:
                     self._pid = pid
         return self._client
 
+    def warm_up(self) -> None:
+        """Create this process's client now rather than in the first request's download thread.
+
+        Creating a client costs tens of milliseconds of CPU; done by the first of several
+        download threads, it holds the GIL while the others start and send their requests.
+        """
+        _ = self.client
+
     def _make_client(self) -> Any:
         import boto3
         from botocore import UNSIGNED

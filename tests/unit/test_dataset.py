@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import statistics
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,3 +233,36 @@ def test_public_surface() -> None:
     assert {"StreamingWebDataset", "StreamingDataLoader", "ShardWriter", "S3Options", "StreamOptions"} <= set(
         streaming_wds.__all__
     )
+
+
+class WarmingStorage(MemoryStorage):
+    """A store with ``warm_up``: each call leaves a file named after the process (DataLoader
+    workers are other processes) and notes which download threads were already running."""
+
+    def __init__(self, objects: dict[str, bytes], marks: Path) -> None:
+        super().__init__(objects)
+        self.marks = marks
+        self.threads_at_warm_up: list[list[str]] = []
+
+    def warm_up(self) -> None:
+        self.threads_at_warm_up.append(_fetch_threads())
+        time.sleep(0.3)  # a warm-up started by the first batch request could not be done yet
+        (self.marks / f"warm-{os.getpid()}").touch()
+
+
+def test_a_store_is_warmed_up_before_any_download_thread_starts(tmp_path: Path) -> None:
+    store = WarmingStorage(memory_dataset(20, 5).objects, tmp_path)
+    assert sorted(s["__key__"] for s in StreamingWebDataset(store, shuffle=True)) == all_keys(20)
+    assert store.threads_at_warm_up == [[]]
+
+
+def test_workers_request_their_shards_before_the_first_batch_is_asked_for(tmp_path: Path) -> None:
+    """A DataLoader worker starts its epoch (warms its store up, sends its first requests) when
+    it creates its iterator at start-up, not when the first batch is requested."""
+    store = WarmingStorage(memory_dataset(20, 5).objects, tmp_path)
+    loader = StreamingDataLoader(StreamingWebDataset(store, shuffle=True), num_workers=2, batch_size=2)
+    it = iter(loader)  # returns once every worker has started and sent its initial state
+    warmed = sorted(p.name for p in tmp_path.iterdir())
+    assert len(warmed) == 2 and f"warm-{os.getpid()}" not in warmed
+    assert sorted(k for b in it for k in b["__key__"]) == all_keys(20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == warmed

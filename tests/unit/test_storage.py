@@ -698,3 +698,18 @@ def test_s3_open_read_is_one_request_from_an_offset(s3: Any) -> None:
     with pytest.raises(ShardNotFoundError) as exc:
         store.open_read("gone.tar", 0).read(1)  # the request goes out on the first read
     assert exc.value.url == f"s3://{BUCKET}/p/gone.tar"
+
+
+def test_s3_warm_up_builds_this_process_client_without_a_request(s3: Any) -> None:
+    store = S3Storage(BUCKET, "p", S3Options(region="us-east-1"))
+    calls: list[str] = []
+    store.warm_up()
+    built = store._client
+    assert built is not None
+    built.meta.events.register("before-call.s3", lambda model, **kw: calls.append(model.name))
+    store.warm_up()  # idempotent: the same client
+    assert store.client is built
+    assert calls == []
+    s3.put_object(Bucket=BUCKET, Key="p/a.tar", Body=b"abc")
+    assert store.read_range("a.tar", 0, 3) == b"abc"
+    assert calls == ["GetObject"]
