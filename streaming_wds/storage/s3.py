@@ -116,6 +116,8 @@ class S3Storage:
         from botocore import UNSIGNED
         from botocore.config import Config
 
+        from .s3_models import botocore_session
+
         o = self.options
         config = Config(
             signature_version=UNSIGNED if o.anonymous else None,
@@ -125,7 +127,9 @@ class S3Storage:
             read_timeout=o.read_timeout,
         )
         if self._session is None:
-            self._session = boto3.session.Session(profile_name=o.profile, region_name=o.region)
+            self._session = boto3.session.Session(
+                botocore_session=botocore_session(), profile_name=o.profile, region_name=o.region
+            )
         return self._session.client("s3", endpoint_url=o.endpoint_url, config=config)
 
     def _error(self, action: str, target: str, exc: BaseException) -> StorageError:
