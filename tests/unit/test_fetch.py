@@ -247,3 +247,41 @@ def test_reused_piece_buffers_never_change_what_was_read(
     # buffers in use at once: the pieces one read views until it joins them, the one it moved
     # on from, and the read-ahead
     assert len(store.buffers) <= min(pieces, spanned + 1 + readahead)
+
+
+def test_every_download_thread_runs_before_the_first_request() -> None:
+    """The pool's threads are started while none of them works: a thread started once others
+    are busy building requests waits for the GIL (40-70 ms for 8 at the start of an epoch)."""
+    running: list[int] = []
+
+    class CountingStorage(MemoryStorage):
+        def open_read(self, name: str, start: int, **kw: Any) -> Any:
+            running.append(len([t for t in threading.enumerate() if t.name.startswith("swds-fetch")]))
+            return super().open_read(name, start, **kw)
+
+    store = CountingStorage(memory_dataset(30, 5).objects)
+    opts = StreamOptions(max_workers=5, interleave=3, shuffle_block=2)
+    got = [s["__key__"] for s in StreamingWebDataset(store, shuffle=True, options=opts)]
+    assert sorted(got) == all_keys(30)
+    assert running == [5] * 6  # one stream per shard, each opened with all 5 threads running
+
+
+def test_a_download_thread_that_cannot_start_fails_the_epoch_and_the_others_are_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = 0
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        nonlocal started
+        if self.name.startswith("swds-fetch"):
+            started += 1
+            if started == 3:
+                raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        list(StreamingWebDataset(memory_dataset(10, 5), options=StreamOptions(max_workers=4)))
+    monkeypatch.undo()
+    assert not [t for t in threading.enumerate() if t.name.startswith("swds-fetch")]
