@@ -58,10 +58,14 @@ ENV_VARS = {
 
 
 @contextmanager
-def server(root: Path, latency_ms: float, bandwidth: float | None) -> Iterator[str]:
+def server(
+    root: Path, latency_ms: float, bandwidth: float | None, connection: float | None = None
+) -> Iterator[str]:
     cmd = [sys.executable, str(HERE / "s3server.py"), str(root), "--latency-ms", str(latency_ms)]
     if bandwidth:
         cmd += ["--bandwidth-mbps", str(bandwidth)]
+    if connection:
+        cmd += ["--connection-mbps", str(connection)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -226,7 +230,8 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--per-shard", type=int, default=1000)
     p.add_argument("--latency-ms", default="0,20", help="comma-separated settings")
-    p.add_argument("--bandwidth-mbps", type=float, default=None)
+    p.add_argument("--bandwidth-mbps", type=float, default=None, help="cap over all connections")
+    p.add_argument("--connection-mbps", type=float, default=None, help="cap per response")
     p.add_argument("--modes", default="raw,decode")
     p.add_argument("--workers", default="1,2,4")
     p.add_argument("--loaders", default=DEFAULT_LOADERS)
@@ -274,7 +279,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     ceilings: dict[str, Any] = {}
     for latency in (float(x) for x in args.latency_ms.split(",")):
-        with server(args.data, latency, args.bandwidth_mbps) as endpoint:
+        with server(args.data, latency, args.bandwidth_mbps, args.connection_mbps) as endpoint:
             if not args.no_ceilings:
                 out = subprocess.run(
                     [sys.executable, str(HERE / "ceilings.py"), endpoint, str(args.data)],

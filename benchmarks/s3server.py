@@ -10,8 +10,9 @@ not authenticated, so ``curl http://127.0.0.1:PORT/bucket/key`` works too.
 
 Bodies go out with ``os.sendfile``, so serving costs about as little CPU as a static file
 server: the point is to leave the two cores to the loader under test. Options emulate a remote
-store: ``latency`` seconds before the first byte of every response, and ``bandwidth`` bytes per
-second shared by all connections (a token bucket).
+store: ``latency`` seconds before the first byte of every response, ``bandwidth`` bytes per
+second shared by all connections (a token bucket), and ``connection_bandwidth`` bytes per second
+for each response on its own (a remote store's per-connection throughput).
 
 Run it in its own process (``python benchmarks/s3server.py ROOT --latency-ms 20``; it prints
 ``PORT <n>`` when listening) or in-process with :class:`S3Server` as a context manager.
@@ -294,11 +295,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, fd: int, start: int, stop: int) -> None:
         out = self.connection.fileno()
         throttle = self.server.throttle
+        rate = self.server.connection_rate
+        own = _Throttle(rate) if rate else None
         pos = start
         while pos < stop:
             n = min(_SEND, stop - pos)
             if throttle is not None:
                 throttle.take(n)
+            if own is not None:
+                own.take(n)
             sent = os.sendfile(out, fd, pos, n)
             if sent == 0:
                 raise ConnectionError("client went away")
@@ -369,11 +374,14 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the connection threads
     request_queue_size = 128
 
-    def __init__(self, root: Path, latency: float, bandwidth: float | None) -> None:
+    def __init__(
+        self, root: Path, latency: float, bandwidth: float | None, connection_bandwidth: float | None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.latency = latency
         self.throttle = _Throttle(bandwidth) if bandwidth else None
+        self.connection_rate = connection_bandwidth
         self.stats: dict[str, int] = {"requests": 0, "bytes": 0}
         self._stats_lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -412,8 +420,14 @@ class _HTTPServer(ThreadingHTTPServer):
 class S3Server:
     """The server in a background thread of this process; a context manager."""
 
-    def __init__(self, root: str | Path, latency: float = 0.0, bandwidth: float | None = None) -> None:
-        self._httpd = _HTTPServer(Path(root), latency, bandwidth)
+    def __init__(
+        self,
+        root: str | Path,
+        latency: float = 0.0,
+        bandwidth: float | None = None,
+        connection_bandwidth: float | None = None,
+    ) -> None:
+        self._httpd = _HTTPServer(Path(root), latency, bandwidth, connection_bandwidth)
         self._thread: threading.Thread | None = None
 
     @property
@@ -453,9 +467,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("root", help="directory whose subdirectories are the buckets")
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before every response")
     p.add_argument("--bandwidth-mbps", type=float, default=None, help="cap, MB/s over all connections")
+    p.add_argument("--connection-mbps", type=float, default=None, help="cap, MB/s per response")
     args = p.parse_args(argv)
     bw = args.bandwidth_mbps * 1e6 if args.bandwidth_mbps else None
-    server = S3Server(args.root, args.latency_ms / 1000, bw)
+    per = args.connection_mbps * 1e6 if args.connection_mbps else None
+    server = S3Server(args.root, args.latency_ms / 1000, bw, per)
     print(f"PORT {server.port}", flush=True)
     try:
         server._httpd.serve_forever()

@@ -63,6 +63,16 @@ def test_multipart_upload_and_latency(server: tuple[S3Server, Any, Path], tmp_pa
         assert time.perf_counter() - t0 >= 0.05
 
 
+def test_each_response_is_capped_on_its_own(server: tuple[S3Server, Any, Path]) -> None:
+    _, client, root = server
+    client.put_object(Bucket="bkt", Key="p/big.bin", Body=bytes(3_000_000))
+    with S3Server(root, connection_bandwidth=10e6) as capped:
+        c = boto3.client("s3", endpoint_url=capped.endpoint)
+        t0 = time.perf_counter()
+        assert len(c.get_object(Bucket="bkt", Key="p/big.bin")["Body"].read()) == 3_000_000
+        assert time.perf_counter() - t0 >= 0.2  # 1 MB of burst, then 2 MB at 10 MB/s
+
+
 def test_streaming_wds_reads_a_dataset_from_it(server: tuple[S3Server, Any, Path]) -> None:
     srv, _, root = server
     write_dataset(root / "bkt" / "p" / "train", 30, 7)
