@@ -31,7 +31,9 @@ def make(cfg: dict[str, Any]) -> Any:
         s3=S3Options(endpoint_url=cfg["endpoint"]),
         options=StreamOptions(**cfg.get("stream", {})),
     )
-    return StreamingDataLoader(ds, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
+    return StreamingDataLoader(
+        ds, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], **cfg.get("loader", {})
+    )
 
 
 def keys(batch: Any) -> list[str]:
