@@ -195,7 +195,9 @@ class ShardReader:
         opts = self.fetcher.options
         size = self.info.size
         ahead = opts.readahead if limit is None else min(limit, opts.readahead)
-        while not self._closed and self._next_fetch < size and len(self._pending) < ahead:
+        while (
+            not self._closed and self._next_fetch < size and len(self._pending) + len(self._arrived) < ahead
+        ):
             n = min(opts.chunk_size, size - self._next_fetch)
             # A reader holding nothing may always fetch one piece, so every open shard progresses.
             if self.held and not self.fetcher.can_charge(n, self):
@@ -250,12 +252,16 @@ class ShardReader:
             self._arrived[at] = (buf, got)
         return self._arrived.pop(start)
 
-    def _next_chunk(self) -> bool:
+    def _next_chunk(self, viewed: bool = False) -> bool:
+        """Move to the next piece. ``viewed``: views of the pieces read past are still in use,
+        so their buffers wait in ``_retired``; otherwise they go back before more are lent."""
         self._charge(-len(self._buf))
         self._buf_start += len(self._buf)
         if self._owner is not None:
             self._retired.append(self._owner)
         self._buf, self._owner, self._pos = _EMPTY, None, 0
+        if not viewed:
+            self.fetcher.take_back(self._retired)
         if not self._pending and not self._arrived:
             self.top_up()
         piece = self._take(self._buf_start)
@@ -277,7 +283,7 @@ class ShardReader:
         if self._crc is None and self._hash is None:
             return
         while self._next_chunk():
-            self.fetcher.take_back(self._retired)
+            pass
         if self._crc is not None:
             with self._lock:
                 crc, self._crc = self._crc, None
@@ -309,7 +315,7 @@ class ShardReader:
         parts = [self._buf[self._pos :]]
         need = n - len(parts[0])
         self._pos = len(self._buf)
-        while need > 0 and self._next_chunk():
+        while need > 0 and self._next_chunk(viewed=True):
             take = min(need, len(self._buf))
             parts.append(self._buf[:take])
             self._pos = take
@@ -331,7 +337,6 @@ class ShardReader:
             take = min(avail, n - done)
             self._pos += take
             done += take
-        self.fetcher.take_back(self._retired)
         return done
 
     def close(self) -> None:

@@ -249,6 +249,24 @@ def test_reused_piece_buffers_never_change_what_was_read(
     assert len(store.buffers) <= min(pieces, spanned + 1 + readahead)
 
 
+def test_skipping_many_pieces_reuses_their_buffers() -> None:
+    """Skipping a member that spans many pieces (a field nobody reads) hands each piece's
+    buffer back as it is passed, instead of holding all of them until the skip ends."""
+    data = bytes(range(256)) * 200  # 50 pieces of 1 KiB
+    store = RecordingStorage({"a.tar": data})
+    opts = StreamOptions(chunk_size=1024, readahead=1, max_workers=2, buffer_bytes=8192)
+    fetcher = Fetcher(store, opts, max_readers=1)
+    reader = fetcher.open(store.list(".tar")[0])
+    try:
+        assert reader.read(10) == data[:10]
+        assert reader.skip(len(data) - 20) == len(data) - 20
+        assert reader.read(100) == data[-10:]
+    finally:
+        fetcher.close()
+    assert store.readintos == 50
+    assert len(store.buffers) <= 3  # the piece being read, the one read ahead, one going back
+
+
 def test_every_download_thread_runs_before_the_first_request() -> None:
     """The pool's threads are started while none of them works: a thread started once others
     are busy building requests waits for the GIL (40-70 ms for 8 at the start of an epoch)."""
