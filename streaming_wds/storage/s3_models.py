@@ -1,4 +1,4 @@
-"""A botocore session whose service models are decoded by msgspec.
+"""A botocore session whose service models are decoded by msgspec, without what S3 clients skip.
 
 botocore decodes its JSON models with ``json.loads(..., object_pairs_hook=OrderedDict)``: about
 75 ms of the 110-170 ms it takes to build the first S3 client of a process (S3's model, its
@@ -6,6 +6,18 @@ endpoint rules and the 1.2 MB ``endpoints.json``), on the path to the first batc
 decoded by msgspec into plain dicts (ordered too) take about 25 ms. The loader is set through the
 session's public ``data_loader`` component and its ``file_loader`` (a constructor argument of
 botocore's ``Loader``); a file it cannot decode is left to botocore's own loader.
+
+The decoded models stay in the session's cache for the life of the process, and a DataLoader
+worker forked from the main process inherits them: every megabyte kept counts once per process
+of the tree. Two parts of them are never read by an S3 client, so they are dropped as they are
+decoded (7.6 MB of Python objects -> 3.2 MB):
+
+* ``endpoints.json`` describes every AWS service in every region (4.2 MB decoded). Only the
+  services this session creates clients for are kept: S3 and those botocore's credential
+  providers call (STS, SSO, SSO-OIDC, sign-in). Partitions and regions stay whole; a service
+  that is not listed still resolves from its partition's defaults, as in botocore.
+* ``documentation`` strings of service models (1.8 MB of S3's 2.6) become empty strings: they
+  feed only the docstrings botocore generates for client methods.
 """
 
 from __future__ import annotations
@@ -20,6 +32,11 @@ from botocore.session import Session
 
 _FORMATS = ((".json", open), (".json.gz", gzip.open))
 
+#: The services whose entries in ``endpoints.json`` are kept: S3, and the services botocore's
+#: credential providers create clients for (assume-role and web identity, SSO, sign-in).
+ENDPOINT_SERVICES = frozenset({"s3", "sts", "sso", "sso-oidc", "signin"})
+_DOC_KEYS = ("documentation", "documentationUrl")
+
 
 class _MsgspecFileLoader(JSONFileLoader):  # type: ignore[misc]  # botocore is untyped
     def load_file(self, file_path: str) -> Any:
@@ -29,14 +46,41 @@ class _MsgspecFileLoader(JSONFileLoader):  # type: ignore[misc]  # botocore is u
                 with opener(path, "rb") as f:
                     raw = f.read()
                 try:
-                    return msgspec.json.decode(raw)
+                    data = msgspec.json.decode(raw)
                 except msgspec.DecodeError:
                     break
+                return slim(os.path.basename(file_path), data)
         return super().load_file(file_path)  # another format, or JSON msgspec refuses
 
 
+def slim(name: str, data: Any) -> Any:
+    """``data`` decoded from botocore's file ``name``, less what an S3 client never reads."""
+    if name == "endpoints" and isinstance(data, dict):
+        for partition in data.get("partitions", ()):
+            services = partition.get("services") if isinstance(partition, dict) else None
+            if isinstance(services, dict):
+                partition["services"] = {k: v for k, v in services.items() if k in ENDPOINT_SERVICES}
+    elif name == "service-2":
+        _blank_documentation(data)
+    return data
+
+
+def _blank_documentation(data: Any) -> None:
+    # Emptied, not removed: botocore reads some of these keys with [] (client context params).
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in _DOC_KEYS:
+                if isinstance(node.get(key), str):
+                    node[key] = ""
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+
+
 def botocore_session() -> Session:
-    """A new botocore session (as ``boto3.Session`` would make) with the faster model loader."""
+    """A new botocore session (as ``boto3.Session`` would make) with the lighter model loader."""
     session = Session()
     loader = session.get_component("data_loader")
     if isinstance(getattr(loader, "file_loader", None), JSONFileLoader):
