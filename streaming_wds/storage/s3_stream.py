@@ -12,6 +12,7 @@ never spliced.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import time
@@ -29,6 +30,41 @@ _PAUSE = 0.05  # seconds before the first resume; doubled each time, at most _MA
 _MAX_PAUSE = 2.0
 
 
+class _Receiver:
+    """Reads a botocore body's ``http.client`` response straight into the caller's buffers.
+
+    urllib3's ``readinto`` reads a new ``bytes`` object and copies it into the buffer: one
+    allocation and one copy of every piece, in the download thread's own malloc arena (about
+    1 MB left resident per thread). ``http.client``'s ``readinto`` receives into the buffer
+    itself. Unlike urllib3 it ends quietly when the connection closes before ``Content-Length``
+    is reached; that is raised here as ``IncompleteRead``, a broken body, as urllib3 raises it.
+    """
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._response = response
+
+    @classmethod
+    def of(cls, body: Any) -> _Receiver | None:
+        """One for ``body`` where urllib3 would hand its bytes over unchanged (botocore asks it
+        not to decode content), else ``None``: then the body is read through urllib3."""
+        raw = getattr(body, "_raw_stream", None)
+        fp = getattr(raw, "_fp", None)
+        if isinstance(fp, http.client.HTTPResponse) and getattr(raw, "decode_content", True) is False:
+            return cls(fp)
+        return None
+
+    def readinto(self, view: memoryview) -> int:
+        n = self._response.readinto(view)
+        left = self._response.length  # None when the body is chunked (http.client checks those)
+        if not n and len(view) and left:
+            raise http.client.IncompleteRead(b"", left)
+        return n
+
+    def complete(self) -> bool:
+        """Whether the body was read to its end (its connection can serve another request)."""
+        return self._response.isclosed() and not self._response.length
+
+
 class S3Stream:
     """``GetObject`` of ``bytes=start-``, sent on the first read, read in pieces, resumed."""
 
@@ -40,6 +76,7 @@ class S3Stream:
         self._max_resumes = max_resumes
         self.resumes = 0
         self._body: Any = None
+        self._reader: Any = None  # what reads the body: a _Receiver, or the body itself
         self._ended = False
 
     @property
@@ -55,6 +92,7 @@ class S3Stream:
             self._ended = True
             return
         self._body, etag = got
+        self._reader = _Receiver.of(self._body) or self._body
         if self._etag is None:
             self._etag = etag
 
@@ -95,7 +133,7 @@ class S3Stream:
                 self._open()
                 continue
             try:
-                n: int = self._body.readinto(view[got:])
+                n: int = self._reader.readinto(view[got:])
             except Exception as exc:
                 if not s3_errors.is_broken_body(exc):
                     raise
@@ -110,9 +148,12 @@ class S3Stream:
         return got
 
     def _close_body(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
+        body, reader, self._body, self._reader = self._body, self._reader, None, None
+        if body is None:
+            return
+        if isinstance(reader, _Receiver) and reader.complete():  # as urllib3 does at the end of
+            body._raw_stream.release_conn()  # a body: its connection goes back to the pool
+        body.close()
 
     def close(self) -> None:
         self._ended = True
