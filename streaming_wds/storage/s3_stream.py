@@ -40,7 +40,8 @@ class _Receiver:
     is reached; that is raised here as ``IncompleteRead``, a broken body, as urllib3 raises it.
     """
 
-    def __init__(self, response: http.client.HTTPResponse) -> None:
+    def __init__(self, raw: Any, response: http.client.HTTPResponse) -> None:
+        self._raw = raw  # urllib3's response, which owns the pooled connection
         self._response = response
 
     @classmethod
@@ -50,7 +51,7 @@ class _Receiver:
         raw = getattr(body, "_raw_stream", None)
         fp = getattr(raw, "_fp", None)
         if isinstance(fp, http.client.HTTPResponse) and getattr(raw, "decode_content", True) is False:
-            return cls(fp)
+            return cls(raw, fp)
         return None
 
     def readinto(self, view: memoryview) -> int:
@@ -60,9 +61,11 @@ class _Receiver:
             raise http.client.IncompleteRead(b"", left)
         return n
 
-    def complete(self) -> bool:
-        """Whether the body was read to its end (its connection can serve another request)."""
-        return self._response.isclosed() and not self._response.length
+    def release(self) -> None:
+        """Before the body is closed: if it was read to its end, give its connection back to
+        the pool for another request, as urllib3 does at the end of a body it reads."""
+        if self._response.isclosed() and not self._response.length:
+            self._raw.release_conn()
 
 
 class S3Stream:
@@ -151,8 +154,8 @@ class S3Stream:
         body, reader, self._body, self._reader = self._body, self._reader, None, None
         if body is None:
             return
-        if isinstance(reader, _Receiver) and reader.complete():  # as urllib3 does at the end of
-            body._raw_stream.release_conn()  # a body: its connection goes back to the pool
+        if isinstance(reader, _Receiver):
+            reader.release()
         body.close()
 
     def close(self) -> None:

@@ -57,6 +57,15 @@ def _count(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
     return calls
 
 
+def _store_counting_connections(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> tuple[S3Storage, list[int]]:
+    """A store whose client exists, and the connections its pool opens from now on."""
+    store = S3Storage(BUCKET, "p", S3Options(endpoint_url=server.endpoint))
+    store.warm_up()
+    return store, _count(monkeypatch, urllib3.connectionpool.HTTPConnectionPool, "_new_conn")
+
+
 def test_bodies_are_received_into_the_buffer_not_copied_through_urllib3(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,9 +79,7 @@ def test_bodies_are_received_into_the_buffer_not_copied_through_urllib3(
 def test_a_body_read_to_its_end_gives_its_connection_back(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = S3Storage(BUCKET, "p", S3Options(endpoint_url=server.endpoint))
-    store.warm_up()
-    connections = _count(monkeypatch, urllib3.connectionpool.HTTPConnectionPool, "_new_conn")
+    store, connections = _store_counting_connections(server, monkeypatch)
     for name, data in [*DATA.items(), *DATA.items()]:
         assert _read(store, name) == data
     assert len(connections) == 1
@@ -82,9 +89,7 @@ def test_a_body_closed_before_its_end_does_not_give_its_connection_back(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unread bytes of the first body must never be read as the start of the next response."""
-    store = S3Storage(BUCKET, "p", S3Options(endpoint_url=server.endpoint))
-    store.warm_up()
-    connections = _count(monkeypatch, urllib3.connectionpool.HTTPConnectionPool, "_new_conn")
+    store, connections = _store_counting_connections(server, monkeypatch)
     assert _read(store, "a.bin", limit=1) == DATA["a.bin"][:50_000]
     assert _read(store, "b.bin") == DATA["b.bin"]
     assert _read(store, "a.bin", start=7) == DATA["a.bin"][7:]
