@@ -304,6 +304,17 @@ class ShardReader:
                 f"SHA-256 {digest} does not match the dataset index ({self.info.sha256})",
             )
 
+    def window(self) -> tuple[memoryview, int]:
+        """The piece being read and the position in it (the next piece once this one is read
+        to its end)."""
+        if self._pos == len(self._buf):
+            self._next_chunk()
+        return self._buf, self._pos
+
+    def advance(self, n: int) -> None:
+        """Consume ``n`` bytes of the current piece."""
+        self._pos += n
+
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the end of the shard."""
         end = self._pos + n

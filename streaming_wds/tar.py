@@ -26,6 +26,7 @@ _ZEROS = bytes(BLOCK)
 _NO_END_MARKER = "truncated: the data ends with no end-of-archive marker"
 _EXTENDED = {b"L": "GNU long name", b"x": "PAX header", b"g": "PAX global header"}
 _REGULAR = (b"0", b"\0", b"7")
+_PLAIN_KINDS = b"0\0"  # header[156] of the kinds _plain_member reads (an int: in a bytes)
 _SKIPPED = (b"5",)  # directories
 _REFUSED = {
     b"1": "hard link",
@@ -40,6 +41,19 @@ class ByteSource(Protocol):
     def read(self, n: int) -> bytes: ...
     def skip(self, n: int) -> int: ...
     def tell(self) -> int: ...
+
+
+class WindowSource(ByteSource, Protocol):
+    """A :class:`ByteSource` that also shows the bytes it holds in memory right now, so the
+    reader can take a member that lies wholly inside them with no call per field."""
+
+    def window(self) -> tuple[bytes | memoryview, int]:
+        """The bytes held now and the position of the next unread one among them."""
+        ...
+
+    def advance(self, n: int) -> None:
+        """Consume ``n`` bytes, all inside the current window."""
+        ...
 
 
 class BytesSource:
@@ -61,6 +75,12 @@ class BytesSource:
 
     def tell(self) -> int:
         return self.pos
+
+    def window(self) -> tuple[bytes, int]:
+        return self.data, self.pos
+
+    def advance(self, n: int) -> None:
+        self.pos += n
 
 
 @dataclass(slots=True)
@@ -84,17 +104,22 @@ def _octal(field: bytes) -> int:
     if field and field[0] & 0x80:  # GNU base-256
         value = int.from_bytes(field[1:], "big")
         return -value if field[0] & 0x40 else value
-    try:  # the usual "digits, then NULs" (int() itself strips spaces)
-        return int(field.rstrip(b"\0"), 8)
+    try:  # the usual "digits, then NULs or spaces" (int() itself strips leading spaces)
+        return int(field.rstrip(b"\0 "), 8)
     except ValueError:  # a NUL before the end, or nothing: the text up to the first NUL
         text = field.split(b"\0", 1)[0].strip(b" ")
         return int(text, 8) if text else 0
 
 
-def _byte_sum(header: bytes) -> int:
-    """``sum(header)`` for a 512-byte header, ten times faster: Adler-32's first half is one
-    plus the byte sum modulo 65521, exact for 256 bytes (at most 256 * 255 = 65280)."""
-    return (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2
+def _unsigned_checksum(header: bytes) -> int:
+    """The header's byte sum with its checksum field counted as spaces (pieces of at most 256
+    bytes, so that each Adler-32 half is exact)."""
+    return (
+        (adler32(header[:148]) & 0xFFFF)
+        + (adler32(header[156:404]) & 0xFFFF)
+        + (adler32(header[404:]) & 0xFFFF)
+        + (8 * 32 - 3)
+    )
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -102,7 +127,7 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _octal(header[148:156])
     except ValueError:  # not octal digits: not a tar header at all
         return False
-    unsigned = _byte_sum(header) - sum(header[148:156]) + 8 * 32
+    unsigned = _unsigned_checksum(header)
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32
@@ -144,6 +169,7 @@ class TarReader:
         self.url = url
         self.max_member_bytes = max_member_bytes
         self.ended = False
+        self._windowed = hasattr(source, "window") and hasattr(source, "advance")
 
     def _read_exact(self, n: int, offset: int, what: str, name: str | None = None) -> bytes:
         data = self.source.read(n)
@@ -158,6 +184,54 @@ class TarReader:
 
     def next_member(self) -> Member | None:
         """The next regular file, or ``None`` at the end of the archive."""
+        if self._windowed and not self.ended:
+            member = self._plain_member()
+            if member is not None:
+                return member
+        return self._any_member()
+
+    def _plain_member(self) -> Member | None:
+        """The next member if it is the common case, read straight from the source's window: a
+        plain file (no extended header, no prefix) with a valid header that lies wholly in the
+        window. ``None`` (with nothing consumed) leaves every other case, error or not, to
+        :meth:`_any_member`, which reads the same bytes again and judges them."""
+        source: WindowSource = self.source  # type: ignore[assignment]  # checked in __init__
+        buf, pos = source.window()
+        start = pos + BLOCK
+        if start > len(buf):
+            return None
+        header = bytes(buf[pos:start])
+        if header[156] not in _PLAIN_KINDS or header[345]:  # another type, or a ustar prefix
+            return None
+        try:
+            if int(header[148:156].rstrip(b"\0 "), 8) != _unsigned_checksum(header):
+                return None
+            size = int(header[124:136].rstrip(b"\0 "), 8)
+        except ValueError:
+            return None
+        cap = self.max_member_bytes
+        if size < 0 or (cap is not None and size > cap):
+            return None
+        raw = header[:100].split(b"\0", 1)[0]
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not name or name[-1] == "/":
+            return None
+        offset = source.tell()
+        end = start + size
+        padded = end + (-size) % BLOCK
+        if padded <= len(buf):
+            data = bytes(buf[start:end])
+            source.advance(padded - pos)
+            return Member(name=name, offset=offset, data=data)
+        source.advance(BLOCK)  # the data goes on past the window
+        data = self._read_exact(size, offset, "data of member", name)
+        self._skip_exact(padded - end, offset, "padding of member", name)
+        return Member(name=name, offset=offset, data=data)
+
+    def _any_member(self) -> Member | None:
         long_name: str | None = None
         pax: dict[str, bytes] = {}
         first_offset: int | None = None

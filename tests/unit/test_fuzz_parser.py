@@ -202,7 +202,27 @@ class TailSource(BytesSource):
         return done
 
 
-def parse(source: BytesSource) -> tuple[list[RawSample], ShardFormatError | None]:
+class UnwindowedSource:
+    """``data`` read through ``read``/``skip``/``tell`` only: every member takes the general path."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = BytesSource(data)
+        self.read, self.skip, self.tell = self._inner.read, self._inner.skip, self._inner.tell
+
+
+class PiecesSource(BytesSource):
+    """``data`` shown in windows of ``piece`` bytes at a time, like a shard arriving in pieces."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        super().__init__(data)
+        self.piece = piece
+
+    def window(self) -> tuple[memoryview, int]:
+        start = self.pos - self.pos % self.piece
+        return memoryview(self.data)[start : start + self.piece], self.pos - start
+
+
+def parse(source: Any) -> tuple[list[RawSample], ShardFormatError | None]:
     reader = SampleReader(TarReader(source, URL, max_member_bytes=CAP))
     samples: list[RawSample] = []
     try:
@@ -232,6 +252,25 @@ def test_parser_raises_only_shard_format_errors_in_bounded_memory(data: bytes) -
     # one member under the cap, one extended header (read, sliced, decoded), the samples so far:
     # far below the 64 MiB a member claiming more than the cap would read from the tail
     assert peak < 4 * MAX_EXTENDED_HEADER_BYTES + 4 * CAP + 8 * len(data)
+
+
+def _outcome(source: Any) -> tuple[list[tuple[str, int, dict[str, bytes], str | None]], Any]:
+    samples, broken = parse(source)
+    shown = [(s.key, s.offset, s.fields, s.error) for s in samples]
+    return shown, None if broken is None else (broken.offset, broken.reason)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@regressions
+@given(data=mutated())
+def test_members_read_from_the_window_are_exactly_those_of_the_general_path(data: bytes) -> None:
+    """The shortcut for plain members in the source's window changes nothing: the same samples,
+    offsets, fields and errors as reading every header through ``read``, wherever the windows
+    (pieces) end."""
+    expected = _outcome(UnwindowedSource(data))
+    assert _outcome(BytesSource(data)) == expected
+    for piece in (512, 700, 1536, 4096):
+        assert _outcome(PiecesSource(data, piece)) == expected, piece
 
 
 SCHEMA = {"jpg": ImageDecoder("rgb8", max_pixels=64 * 64), "json": "json", "cls": "int"}
