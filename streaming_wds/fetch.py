@@ -82,6 +82,9 @@ class Fetcher:
         self.charged = 0
         self._pool: ThreadPoolExecutor | None = None
         self._readers: list[ShardReader] = []
+        # open readers short of their read-ahead for want of budget (or opened with a limit):
+        # the only ones, besides the reader moving on, that a pump can give more
+        self._hungry: set[ShardReader] = set()
         self._spare: list[bytearray] = []
 
     def lend(self) -> bytearray:
@@ -136,13 +139,24 @@ class Fetcher:
         reserve += max(0, self.max_readers - len(self._readers)) * chunk
         return self.charged + nbytes + reserve <= self.options.buffer_bytes
 
-    def pump(self) -> None:
-        """Request more ranges for every open reader, oldest first, as the budget allows."""
-        for reader in self._readers:
-            reader.top_up()
+    def pump(self, moved: ShardReader | None = None) -> None:
+        """Request more ranges for open readers, oldest first, as the budget allows: for every
+        one, or (once ``moved`` has moved to its next piece) for ``moved`` and the readers short
+        of their read-ahead. The others are full, and only their own next move changes that."""
+        hungry = self._hungry
+        if moved is None:
+            for reader in self._readers:
+                reader.top_up()
+        elif not hungry:
+            moved.top_up()
+        else:
+            for reader in self._readers:
+                if reader is moved or reader in hungry:
+                    reader.top_up()
 
     def forget(self, reader: ShardReader) -> None:
         self._readers.remove(reader)
+        self._hungry.discard(reader)
 
     def close(self) -> None:
         """Cancel pending downloads and join every thread."""
@@ -206,6 +220,14 @@ class ShardReader:
             self._pending.append((n, self.fetcher.submit(self)))
             self._charge(n)
             self._next_fetch += n
+        if (
+            not self._closed
+            and self._next_fetch < size
+            and len(self._pending) + len(self._arrived) < opts.readahead
+        ):
+            self.fetcher._hungry.add(self)
+        else:
+            self.fetcher._hungry.discard(self)
 
     def _read_planned(self) -> _Piece:
         """Pool thread: read the next planned piece from the stream."""
@@ -271,7 +293,7 @@ class ShardReader:
         self._buf = memoryview(self._owner)[:got]
         if self._hash is not None:
             self._hash.update(self._buf)
-        self.fetcher.pump()
+        self.fetcher.pump(self)
         return True
 
     def finish(self) -> None:

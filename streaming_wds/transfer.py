@@ -18,12 +18,11 @@ through shared memory.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 _HEADER = 64  # the first 8 bytes: how far the main process has consumed (absolute position)
@@ -156,59 +155,58 @@ def _worker_ring(token: str, capacity: int) -> _WorkerRing | None:
     return ring
 
 
-# Both walks descend into exactly the same containers (plain dicts, lists and tuples; subclasses
-# such as named tuples are left as they are) in the same order, so the k-th blob ``_blobs``
-# collects is the k-th one ``_swap`` replaces. The same ``bytes`` object met twice is two blobs,
-# each with its own region: the main process reads regions in order and hands each back.
+_WALKED = frozenset({bytes, dict, list, tuple})  # what _Packer.walk looks into or replaces
 
 
-def _blobs(obj: Any, out: list[bytes]) -> None:
-    if type(obj) is bytes:
-        if len(obj) >= _MIN_BYTES:
-            out.append(obj)
-    elif type(obj) is dict:
-        for v in obj.values():
-            _blobs(v, out)
-    elif type(obj) is list or type(obj) is tuple:
-        for v in obj:
-            _blobs(v, out)
+class _Packer:
+    """Moves the large ``bytes`` objects of one batch into this worker's ring, in the order met,
+    until one does not fit; that one and all later ones stay in the batch and cross the pipe.
 
+    It descends into plain dicts, lists and tuples only (subclasses such as named tuples are left
+    as they are). The same ``bytes`` object met twice is two blobs, each with its own region:
+    the main process reads regions in order and hands each back.
+    """
 
-def _swap(obj: Any, refs: Iterator[_RingRef | None]) -> Any:
-    if type(obj) is bytes:
-        if len(obj) < _MIN_BYTES:
-            return obj
-        ref = next(refs)
-        return obj if ref is None else ref
-    if type(obj) is dict:
-        return {k: _swap(v, refs) for k, v in obj.items()}
-    if type(obj) is list:
-        return [_swap(v, refs) for v in obj]
-    if type(obj) is tuple:
-        return tuple(_swap(v, refs) for v in obj)
-    return obj
+    __slots__ = ("capacity", "full", "ring", "token")
+
+    def __init__(self, token: str, capacity: int) -> None:
+        self.token, self.capacity = token, capacity
+        self.ring: _WorkerRing | None = None
+        self.full = False
+
+    def blob(self, data: bytes) -> bytes | _RingRef:
+        if self.full:
+            return data
+        ring = self.ring
+        if ring is None:  # created with the first blob: a batch without any needs no ring
+            ring = self.ring = _worker_ring(self.token, self.capacity)
+            if ring is None:
+                self.full = True
+                return data
+        start = ring.reserve(len(data))
+        if start is None:
+            self.full = True
+            return data
+        ring.write(start, data)
+        return _RingRef(ring.path, start, start + len(data))
+
+    def walk(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is bytes:
+            return self.blob(obj) if len(obj) >= _MIN_BYTES else obj
+        if t is dict:
+            return {k: self.walk(v) if type(v) in _WALKED else v for k, v in obj.items()}
+        if t is list:
+            return [self.walk(v) if type(v) in _WALKED else v for v in obj]
+        if t is tuple:
+            return tuple([self.walk(v) if type(v) in _WALKED else v for v in obj])
+        return obj
 
 
 def pack(batch: Any, token: str, capacity: int) -> Any:
     """``batch`` with its large ``bytes`` objects moved into this worker's ring, in order, as
     many as fit; the rest (once the ring is full) stay in the batch and cross the pipe."""
-    blobs: list[bytes] = []
-    _blobs(batch, blobs)
-    if not blobs:
-        return batch
-    ring = _worker_ring(token, capacity)
-    if ring is None:
-        return batch
-    refs: list[_RingRef | None] = []
-    for blob in blobs:  # one region each: a batch never needs one contiguous stretch of the ring
-        start = ring.reserve(len(blob))
-        if start is None:
-            break
-        ring.write(start, blob)
-        refs.append(_RingRef(ring.path, start, start + len(blob)))
-    if not refs:
-        return batch
-    return _swap(batch, itertools.chain(refs, itertools.repeat(None)))
+    return _Packer(token, capacity).walk(batch)
 
 
 class PackingCollate:

@@ -6,7 +6,7 @@ import glob
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -186,3 +186,36 @@ def test_containers_it_does_not_rebuild_are_left_whole_and_use_no_ring_space() -
         assert transfer._rings[(token, os.getpid())].head == len(blob)  # only the swapped blob
     finally:
         transfer._rings.pop((token, os.getpid())).unlink()
+
+
+class _Pair(NamedTuple):
+    data: bytes
+    n: int
+
+
+def test_packing_keeps_the_batch_structure_and_moves_blobs_of_plain_containers_only() -> None:
+    """Dicts, lists and tuples are looked into (at any depth) and come back as the same types;
+    other objects, named tuples included, are left as they are and pickled as usual."""
+    token = f"test-shape-{os.getpid()}"
+    big = [bytes([i]) * 1500 for i in range(4)]
+    batch = {
+        "a": [(big[0], b"tiny"), {"x": big[1], "n": 3}],
+        "t": (big[2],),
+        "pair": _Pair(big[3], 1),
+        "s": ["k1", "k2"],
+        "none": None,
+    }
+    try:
+        packed = transfer.pack(batch, token, 8000)
+        assert isinstance(packed["a"][0], tuple) and isinstance(packed["a"][0][0], transfer._RingRef)
+        assert packed["a"][0][1] == b"tiny"
+        assert isinstance(packed["a"][1]["x"], transfer._RingRef) and packed["a"][1]["n"] == 3
+        assert isinstance(packed["t"], tuple) and isinstance(packed["t"][0], transfer._RingRef)
+        assert packed["pair"] is batch["pair"]
+        assert packed["s"] == ["k1", "k2"] and packed["none"] is None
+        back = pickle.loads(pickle.dumps(packed))
+        assert back == batch
+        assert type(back["pair"]) is _Pair and type(back["a"][0]) is tuple
+    finally:
+        _drop_ring(token)
+        transfer.forget_rings(token)

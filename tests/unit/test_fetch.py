@@ -143,6 +143,39 @@ def test_every_first_piece_is_requested_before_any_second() -> None:
         fetcher.close()
 
 
+def test_budget_freed_by_one_reader_goes_to_the_readers_waiting_for_it_and_to_no_other() -> None:
+    """A reader short of its read-ahead for want of budget gets its next piece as soon as another
+    reader moves on and frees some; a reader already holding its read-ahead asks for nothing."""
+    objects = {
+        "a.tar": bytes(range(256)) * 8,  # 2 pieces of 1024
+        "b.tar": bytes(range(256)) * 16,  # 4 pieces
+        "c.tar": bytes(range(256)) * 16,
+    }
+    store = MemoryStorage(objects)
+    opts = StreamOptions(chunk_size=1024, readahead=2, max_workers=1, buffer_bytes=5 * 1024)
+    fetcher = Fetcher(store, opts, max_readers=3)
+    order: list[tuple[str, int]] = []
+    submit = fetcher.submit
+
+    def recording(reader: Any) -> Any:
+        order.append((reader.info.name, reader._plan[-1][0]))
+        return submit(reader)
+
+    fetcher.submit = recording  # type: ignore[method-assign]
+    try:
+        readers = [fetcher.open(info) for info in sorted(store.list(".tar"), key=lambda i: i.name)]
+        a = readers[0]
+        fetcher.pump()
+        # a: both its pieces; b: its second; c: its first only (5 pieces of budget)
+        assert order == [("a.tar", 0), ("b.tar", 0), ("c.tar", 0), ("a.tar", 1024), ("b.tar", 1024)]
+        assert a.read(1024) == objects["a.tar"][:1024]
+        assert order[5:] == []  # a has nothing left to request and no one moved on yet
+        assert a.read(1) == objects["a.tar"][1024:1025]  # a moves on: a piece of budget is free
+        assert order[5:] == [("c.tar", 1024)]  # c, short of its read-ahead, gets it; b is full
+    finally:
+        fetcher.close()
+
+
 def test_a_resumed_epoch_requests_every_shard_before_waiting_for_a_block() -> None:
     """Resuming reopens each slot's shard at its block; all of them are requested before the
     first block is read, not one shard's request after another."""
