@@ -10,7 +10,7 @@ Built-in decoder names (case-insensitive):
 ``msgpack``   MessagePack via msgspec
 ``npy``       a NumPy ``.npy`` array, with pickle disabled
 ``pil``       a ``PIL.Image.Image`` converted to RGB
-``rgb8``      a NumPy ``uint8`` array, H x W x 3
+``rgb8``      a read-only NumPy ``uint8`` array, H x W x 3 (``.copy()`` it to write)
 ``torchrgb8`` a ``uint8`` tensor, 3 x H x W
 ``torchrgb``  a ``float32`` tensor, 3 x H x W, in [0, 1]
 ``pickle``    ``pickle.loads``: only with ``allow_pickle=True``

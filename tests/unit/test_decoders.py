@@ -493,3 +493,16 @@ def test_image_decoder_rejects_bad_options() -> None:
         ConfigError, match=r"draft must be a \(width, height\) of positive sizes, got \(0, 5\)"
     ):
         ImageDecoder(draft=(0, 5))
+
+
+def test_rgb8_arrays_are_read_only_and_a_copy_is_writable() -> None:
+    """As documented: ``rgb8`` wraps PIL's pixel bytes without a second copy, so it cannot be
+    written in place; ``.copy()`` gives a writable array with the same pixels."""
+    img = Image.new("RGB", (4, 3), (10, 20, 30))
+    arr = DECODERS["rgb8"](png(img))
+    assert arr.shape == (3, 4, 3) and not arr.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        arr[0, 0, 0] = 1
+    mine = arr.copy()
+    mine[0, 0, 0] = 1
+    assert mine.flags.writeable and mine[0, 0].tolist() == [1, 20, 30]
