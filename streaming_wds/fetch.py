@@ -209,9 +209,7 @@ class ShardReader:
         opts = self.fetcher.options
         size = self.info.size
         ahead = opts.readahead if limit is None else min(limit, opts.readahead)
-        while (
-            not self._closed and self._next_fetch < size and len(self._pending) + len(self._arrived) < ahead
-        ):
+        while self._short_of(ahead):
             n = min(opts.chunk_size, size - self._next_fetch)
             # A reader holding nothing may always fetch one piece, so every open shard progresses.
             if self.held and not self.fetcher.can_charge(n, self):
@@ -220,14 +218,18 @@ class ShardReader:
             self._pending.append((n, self.fetcher.submit(self)))
             self._charge(n)
             self._next_fetch += n
-        if (
-            not self._closed
-            and self._next_fetch < size
-            and len(self._pending) + len(self._arrived) < opts.readahead
-        ):
+        if self._short_of(opts.readahead):
             self.fetcher._hungry.add(self)
         else:
             self.fetcher._hungry.discard(self)
+
+    def _short_of(self, ahead: int) -> bool:
+        """Whether fewer than ``ahead`` pieces are requested and unread, with more to request."""
+        return (
+            not self._closed
+            and self._next_fetch < self.info.size
+            and len(self._pending) + len(self._arrived) < ahead
+        )
 
     def _read_planned(self) -> _Piece:
         """Pool thread: read the next planned piece from the stream."""

@@ -203,23 +203,20 @@ class TarReader:
         header = bytes(buf[pos:start])
         if header[156] not in _PLAIN_KINDS or header[345]:  # another type, or a ustar prefix
             return None
+        if not _checksum_ok(header):
+            return None
         try:
-            if int(header[148:156].rstrip(b"\0 "), 8) != _unsigned_checksum(header):
-                return None
-            size = int(header[124:136].rstrip(b"\0 "), 8)
+            size = _octal(header[124:136])
         except ValueError:
             return None
         cap = self.max_member_bytes
         if size < 0 or (cap is not None and size > cap):
             return None
-        raw = header[:100].split(b"\0", 1)[0]
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        offset = source.tell()
+        # undecodable: the general path would raise this same error for this same header
+        name = self._decode_name(header[:100].split(b"\0", 1)[0], offset)
         if not name or name[-1] == "/":
             return None
-        offset = source.tell()
         end = start + size
         padded = end + (-size) % BLOCK
         if padded <= len(buf):

@@ -196,10 +196,9 @@ class _Packer:
             return self.blob(obj) if len(obj) >= _MIN_BYTES else obj
         if t is dict:
             return {k: self.walk(v) if type(v) in _WALKED else v for k, v in obj.items()}
-        if t is list:
-            return [self.walk(v) if type(v) in _WALKED else v for v in obj]
-        if t is tuple:
-            return tuple([self.walk(v) if type(v) in _WALKED else v for v in obj])
+        if t is list or t is tuple:
+            items = [self.walk(v) if type(v) in _WALKED else v for v in obj]
+            return items if t is list else tuple(items)
         return obj
 
 
