@@ -117,13 +117,8 @@ def test_a_stream_error_reaches_the_consumer_and_threads_are_joined() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("swds-fetch")]
 
 
-def test_every_first_piece_is_requested_before_any_second() -> None:
-    """Pieces of one stream are read one after another: a second piece queued right behind the
-    first would keep a thread waiting through the first one's request. Opening shards queues
-    one piece each; the rest of the read-ahead comes with the next pump."""
-    store = memory_dataset(30, 10)
-    opts = StreamOptions(chunk_size=1000, readahead=2, max_workers=1)
-    fetcher = Fetcher(store, opts, max_readers=3)
+def _record_requests(fetcher: Fetcher) -> list[tuple[str, int]]:
+    """(shard name, offset) of every piece ``fetcher`` requests from now on, in order."""
     order: list[tuple[str, int]] = []
     submit = fetcher.submit
 
@@ -132,6 +127,17 @@ def test_every_first_piece_is_requested_before_any_second() -> None:
         return submit(reader)
 
     fetcher.submit = recording  # type: ignore[method-assign]
+    return order
+
+
+def test_every_first_piece_is_requested_before_any_second() -> None:
+    """Pieces of one stream are read one after another: a second piece queued right behind the
+    first would keep a thread waiting through the first one's request. Opening shards queues
+    one piece each; the rest of the read-ahead comes with the next pump."""
+    store = memory_dataset(30, 10)
+    opts = StreamOptions(chunk_size=1000, readahead=2, max_workers=1)
+    fetcher = Fetcher(store, opts, max_readers=3)
+    order = _record_requests(fetcher)
     try:
         infos = store.list(".tar")
         for info in infos:
@@ -154,14 +160,7 @@ def test_budget_freed_by_one_reader_goes_to_the_readers_waiting_for_it_and_to_no
     store = MemoryStorage(objects)
     opts = StreamOptions(chunk_size=1024, readahead=2, max_workers=1, buffer_bytes=5 * 1024)
     fetcher = Fetcher(store, opts, max_readers=3)
-    order: list[tuple[str, int]] = []
-    submit = fetcher.submit
-
-    def recording(reader: Any) -> Any:
-        order.append((reader.info.name, reader._plan[-1][0]))
-        return submit(reader)
-
-    fetcher.submit = recording  # type: ignore[method-assign]
+    order = _record_requests(fetcher)
     try:
         readers = [fetcher.open(info) for info in sorted(store.list(".tar"), key=lambda i: i.name)]
         a = readers[0]

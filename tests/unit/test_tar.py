@@ -438,31 +438,21 @@ def test_unsigned_checksum_sums_the_header_with_spaces_for_its_checksum_field(he
     assert _unsigned_checksum(header) == sum(header[:148]) + 8 * 32 + sum(header[156:])
 
 
-class _CountingSource(BytesSource):
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.reads: list[int] = []
-
-    def read(self, n: int) -> bytes:
-        self.reads.append(n)
-        return super().read(n)
-
-
 def test_plain_members_in_the_window_are_taken_without_a_read_call() -> None:
     """The common member (a plain ustar file) is read from the source's window in one go; only
     the end-of-archive marker, and members that are not plain, go through ``read``."""
     data = make_tar([("a.txt", b"x" * 700), ("a.json", b"{}")], tarfile.USTAR_FORMAT)
-    source = _CountingSource(data)
+    source = RecordingSource(data)  # defined below, with the size-limit tests
     reader = TarReader(source, URL)
     assert [(m.name, m.offset, m.data) for m in iter(reader.next_member, None)] == [
         ("a.txt", 0, b"x" * 700),
         ("a.json", 512 + 1024, b"{}"),
     ]
-    assert source.reads == [512]  # the end marker
+    assert source.asked == [512]  # the end marker
     pax = make_tar([("b.txt", b"y")], tarfile.PAX_FORMAT, pax_headers={"comment": "c"})
-    source = _CountingSource(pax)
+    source = RecordingSource(pax)
     assert [(m.name, m.data) for m in iter(TarReader(source, URL).next_member, None)] == [("b.txt", b"y")]
-    assert len(source.reads) > 1
+    assert len(source.asked) > 1
 
 
 def test_not_a_tar_file() -> None:
