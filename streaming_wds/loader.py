@@ -25,6 +25,7 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from .arena import forget_arenas
 from .dataset import StreamingWebDataset
 from .errors import CheckpointError
 from .transfer import PackingCollate, forget_rings
@@ -33,6 +34,7 @@ from .world import distributed_rank_world
 FORMAT_KEY = "streaming_wds"
 VERSION = 1
 SHARED_MEMORY_BYTES = 8 * 1024 * 1024
+TENSOR_MEMORY_BYTES = 128 * 1024 * 1024
 _tokens = itertools.count()
 
 
@@ -48,9 +50,19 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     ``shared_memory_bytes`` per worker (in ``/dev/shm``) instead of the result pipe, and arrives
     as ordinary ``bytes``. What does not fit at the moment goes through the pipe.
 
+    With the default ``collate_fn`` (``default_collate``), the tensors of a batch (decoded
+    images stacked into one tensor, labels, …) are built in a shared-memory arena of up to
+    ``tensor_memory_bytes`` per worker that the worker reuses, and the main process receives
+    tensors that view it: no per-batch shared-memory file, no copy. A region goes back to its
+    worker only once every view of it is gone, so holding on to a batch is always safe; while
+    held batches fill the arena, new tensors go torch's ordinary way. Such tensors equal
+    ``default_collate``'s but are not ``is_shared()``; sending one to another process copies it.
+
     Args:
         dataset: The dataset to load.
-        shared_memory_bytes: Size of each worker's ring; 0 sends everything through the pipe.
+        shared_memory_bytes: Size of each worker's ring; 0 sends ``bytes`` through the pipe.
+        tensor_memory_bytes: Most shared memory each worker's arena uses (pages are reserved as
+            it grows, so this is a cap, not an allocation); 0 leaves tensors to torch.
         **kwargs: Passed to ``StatefulDataLoader`` (``batch_size``, ``num_workers``,
             ``collate_fn``, ``persistent_workers``, ``multiprocessing_context``, …).
     """
@@ -59,18 +71,26 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     _initial_iter_for_state_dict: bool
 
     def __init__(
-        self, dataset: StreamingWebDataset, *, shared_memory_bytes: int = SHARED_MEMORY_BYTES, **kwargs: Any
+        self,
+        dataset: StreamingWebDataset,
+        *,
+        shared_memory_bytes: int = SHARED_MEMORY_BYTES,
+        tensor_memory_bytes: int = TENSOR_MEMORY_BYTES,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
         self._swds_packing: PackingCollate | None = None
-        if shared_memory_bytes > 0 and kwargs.get("num_workers", 0) > 0:
+        if kwargs.get("num_workers", 0) > 0:
             from torch.utils.data import default_collate, default_convert
 
-            inner = kwargs.get("collate_fn") or (
-                default_convert if kwargs.get("batch_size", 1) is None else default_collate
-            )
-            self._swds_packing = kwargs["collate_fn"] = PackingCollate(inner, shared_memory_bytes)
+            batched = kwargs.get("batch_size", 1) is not None
+            given = kwargs.get("collate_fn")
+            inner = given or (default_collate if batched else default_convert)
+            arena = max(tensor_memory_bytes, 0) if inner is default_collate and batched else 0
+            if shared_memory_bytes > 0 or arena > 0:
+                packing = PackingCollate(inner, max(shared_memory_bytes, 0), arena)
+                self._swds_packing = kwargs["collate_fn"] = packing
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in recent torch: not actionable here
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -111,6 +131,7 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         iterator = super()._get_iterator()
         if packing is not None:  # its rings go with it, even if a worker died holding one
             weakref.finalize(iterator, forget_rings, packing.token)
+            weakref.finalize(iterator, forget_arenas, packing.token)
         return iterator
 
     def __iter__(self) -> Any:

@@ -7,12 +7,14 @@ a shared-memory file (``/dev/shm``); :class:`PackingCollate` copies every ``byte
 collated batch into the ring and leaves a small :class:`_RingRef` in its place, so the pipe
 carries only the batch's structure. Unpickling a ``_RingRef`` in the main process copies its
 bytes out of the ring (the user gets plain ``bytes``) and hands the space back to the worker.
+With ``default_collate``, tensors travel through the worker's arena instead (see
+:mod:`streaming_wds.arena`): the ones it stacked in place, and copies of the other plain ones.
 
 Regions are handed back in the order the worker wrote them (a worker's batches are unpickled in
 order), so the ring is a head and a tail. Each blob gets its own region, so a batch never needs
 one contiguous stretch; the blobs that do not fit in the free space travel the ordinary way, so
-a worker never waits for the main process. Tensors are left alone: torch already moves them
-through shared memory.
+a worker never waits for the main process. Without an arena, tensors are left alone: torch
+moves them through shared memory of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ import struct
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import torch
+
+from .arena import TensorRef, WorkerArena, worker_arena
+from .collate import arena_collate
 
 _HEADER = 64  # the first 8 bytes: how far the main process has consumed (absolute position)
 _MIN_BYTES = 1024  # smaller bytes objects are cheaper to pickle than to reference
@@ -155,24 +162,30 @@ def _worker_ring(token: str, capacity: int) -> _WorkerRing | None:
     return ring
 
 
-_WALKED = frozenset({bytes, dict, list, tuple})  # what _Packer.walk looks into or replaces
+_WALKED = frozenset({bytes, dict, list, tuple, torch.Tensor})  # what _Packer.walk looks into or replaces
 
 
 class _Packer:
     """Moves the large ``bytes`` objects of one batch into this worker's ring, in the order met,
     until one does not fit; that one and all later ones stay in the batch and cross the pipe.
+    With an ``arena``, replaces its tensors by refs: the ones the arena handed out for this
+    batch, and copies of other plain CPU tensors that own their whole storage, where they fit.
 
     It descends into plain dicts, lists and tuples only (subclasses such as named tuples are left
     as they are). The same ``bytes`` object met twice is two blobs, each with its own region:
-    the main process reads regions in order and hands each back.
+    the main process reads regions in order and hands each back. The same tensor met twice is one
+    ref object, which pickle sends once: one region, handed back when its last view is gone.
     """
 
-    __slots__ = ("capacity", "full", "ring", "token")
+    __slots__ = ("arena", "capacity", "full", "issued", "refs", "ring", "token")
 
-    def __init__(self, token: str, capacity: int) -> None:
+    def __init__(self, token: str, capacity: int, arena: WorkerArena | None = None) -> None:
         self.token, self.capacity = token, capacity
         self.ring: _WorkerRing | None = None
-        self.full = False
+        self.full = capacity <= 0
+        self.arena = arena
+        self.issued = arena.issued() if arena is not None else {}
+        self.refs: dict[int, TensorRef] = {}
 
     def blob(self, data: bytes) -> bytes | _RingRef:
         if self.full:
@@ -190,10 +203,30 @@ class _Packer:
         ring.write(start, data)
         return _RingRef(ring.path, start, start + len(data))
 
+    def tensor(self, t: torch.Tensor) -> torch.Tensor | TensorRef:
+        arena = self.arena
+        if arena is None:
+            return t
+        ref = self.refs.get(id(t))
+        if ref is None:
+            hit = self.issued.get(id(t))
+            if hit is not None and hit[0] is t:
+                ref = arena.ref(t, hit[1])
+            elif _owns_storage(t):
+                ref = arena.copy(t)
+                if ref is None:
+                    return t
+            else:
+                return t
+            self.refs[id(t)] = ref
+        return ref
+
     def walk(self, obj: Any) -> Any:
         t = type(obj)
         if t is bytes:
             return self.blob(obj) if len(obj) >= _MIN_BYTES else obj
+        if t is torch.Tensor:
+            return self.tensor(obj)
         if t is dict:
             return {k: self.walk(v) if type(v) in _WALKED else v for k, v in obj.items()}
         if t is list or t is tuple:
@@ -202,24 +235,47 @@ class _Packer:
         return obj
 
 
-def pack(batch: Any, token: str, capacity: int) -> Any:
+def _owns_storage(t: torch.Tensor) -> bool:
+    """A plain, contiguous CPU tensor that is its whole storage (nothing else can alias it
+    through another view), not already in shared memory."""
+    return (
+        t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not t.requires_grad
+        and not t.is_quantized
+        and t.is_contiguous()
+        and t.storage_offset() == 0
+        and t.untyped_storage().nbytes() == t.nbytes
+        and not t.untyped_storage().is_shared()
+    )
+
+
+def pack(batch: Any, token: str, capacity: int, arena: WorkerArena | None = None) -> Any:
     """``batch`` with its large ``bytes`` objects moved into this worker's ring, in order, as
-    many as fit; the rest (once the ring is full) stay in the batch and cross the pipe."""
-    return _Packer(token, capacity).walk(batch)
+    many as fit (the rest stay in the batch and cross the pipe), and with ``arena``, its tensors
+    replaced by refs to arena regions where they fit."""
+    return _Packer(token, capacity, arena).walk(batch)
 
 
 class PackingCollate:
-    """Wraps a ``collate_fn``; in a worker process, packs its batches into the worker's ring."""
+    """Wraps a ``collate_fn``; in a worker process, packs its batches into the worker's ring.
 
-    def __init__(self, collate: Callable[[Any], Any], capacity: int) -> None:
+    With ``arena_capacity``, ``collate`` must be ``default_collate``: batches are collated by
+    :func:`~streaming_wds.collate.arena_collate` into the worker's arena of that many bytes.
+    """
+
+    def __init__(self, collate: Callable[[Any], Any], capacity: int, arena_capacity: int = 0) -> None:
         self.collate = collate
         self.capacity = capacity
+        self.arena_capacity = arena_capacity
         self.token = ""  # set by the loader each time it starts workers
 
     def __call__(self, samples: Any) -> Any:
-        batch = self.collate(samples)
         from torch.utils.data import get_worker_info
 
         if get_worker_info() is None:
-            return batch
-        return pack(batch, self.token, self.capacity)
+            return self.collate(samples)
+        arena = worker_arena(self.token, self.arena_capacity) if self.arena_capacity else None
+        if arena is None:
+            return pack(self.collate(samples), self.token, self.capacity)
+        return pack(arena_collate(samples, arena), self.token, self.capacity, arena)

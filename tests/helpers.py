@@ -120,9 +120,9 @@ def moto_s3_server(bucket: str) -> Iterator[Server]:
 
 
 def ring_files() -> list[str]:
-    """Shared-memory ring files of this process's loaders still in ``/dev/shm``."""
-    mark = f"swds-ring-{os.getpid()}-"
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(mark))
+    """Shared-memory ring and tensor-arena files of this process's loaders still in ``/dev/shm``."""
+    marks = (f"swds-ring-{os.getpid()}-", f"swds-arena-{os.getpid()}-")
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(marks))
 
 
 def settle(check: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -89,9 +89,12 @@ def test_a_ring_too_small_for_a_batch_falls_back_to_the_pipe(root: Path) -> None
 
 def test_rings_can_be_turned_off(root: Path) -> None:
     ds = StreamingWebDataset(root)
-    loader = StreamingDataLoader(ds, batch_size=BATCH, num_workers=1, shared_memory_bytes=0)
-    assert not isinstance(loader.collate_fn, transfer.PackingCollate)
-    check(list(loader))
+    check(list(StreamingDataLoader(ds, batch_size=BATCH, num_workers=1, shared_memory_bytes=0)))
+    off = StreamingDataLoader(
+        ds, batch_size=BATCH, num_workers=1, shared_memory_bytes=0, tensor_memory_bytes=0
+    )
+    assert not isinstance(off.collate_fn, transfer.PackingCollate)
+    check(list(off))
 
 
 def test_resume_with_rings_is_exact(root: Path) -> None:

@@ -242,7 +242,7 @@ def _fd_kinds() -> collections.Counter[str]:
         except OSError:  # the listing's own descriptor, closed by now
             continue
         target = re.sub(r"\[\d+\]$", "", target)  # pipe:[123] -> pipe:
-        kinds[re.sub(r"^/dev/shm/(swds-ring-|torch_).*", r"/dev/shm/\1*", target)] += 1
+        kinds[re.sub(r"^/dev/shm/(swds-ring-|swds-arena-|torch_).*", r"/dev/shm/\1*", target)] += 1
     return kinds
 
 

@@ -199,8 +199,8 @@ def test_resume_after_repeated_crashes(local: tuple[MakeLoader, list[list[str]]]
 
 
 def test_worker_killed_before_its_first_batch_is_read_leaves_no_ring(tmp_path: Path) -> None:
-    """A worker writes its batches into its ring before the main process reads any; killed
-    then, nobody but the main process can remove its ring file from /dev/shm."""
+    """A worker writes its batches into its ring and arena before the main process reads any;
+    killed then, nobody but the main process can remove their files from /dev/shm."""
     _write(tmp_path)
     make = _factory(tmp_path)
     stale = set(ring_files())
@@ -209,7 +209,8 @@ def test_worker_killed_before_its_first_batch_is_read_leaves_no_ring(tmp_path: P
     it = iter(loader)  # the workers start and prefetch batches at once
     workers = sorted(_children() - before)
     try:
-        _wait_until(lambda: len(set(ring_files()) - stale) == WORKERS, "both workers to create their rings")
+        # each worker: a ring for the bytes and an arena for the labels' tensors
+        _wait_until(lambda: len(set(ring_files()) - stale) == 2 * WORKERS, "both workers' rings and arenas")
         _kill(it, workers[1])
         del it, loader
         _wait_until(lambda: not (_children() & set(workers)), "the crashed loader's workers to be reaped")

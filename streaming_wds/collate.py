@@ -1,0 +1,87 @@
+"""``default_collate``, with the tensors it stacks placed in the worker's shared-memory arena.
+
+The result equals ``torch.utils.data.default_collate``'s (same structure, types, dtypes, shapes
+and values): torch's own ``collate`` runs with its default handlers, except that a list of
+same-shaped CPU tensors, or of same-shaped numeric arrays, is stacked straight into an arena
+region (see :mod:`streaming_wds.arena`). Whatever does not qualify or does not fit goes to
+torch's handler, which raises the same errors as always.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data._utils.collate import (
+    collate,
+    collate_numpy_array_fn,
+    collate_tensor_fn,
+    default_collate_fn_map,
+)
+
+from .arena import WorkerArena
+
+# numpy dtypes torch.as_tensor maps one to one (native byte order only)
+_TORCH_DTYPES = {
+    np.dtype(n): t
+    for n, t in (
+        ("bool", torch.bool),
+        ("uint8", torch.uint8),
+        ("int8", torch.int8),
+        ("int16", torch.int16),
+        ("int32", torch.int32),
+        ("int64", torch.int64),
+        ("float16", torch.float16),
+        ("float32", torch.float32),
+        ("float64", torch.float64),
+        ("complex64", torch.complex64),
+        ("complex128", torch.complex128),
+    )
+}
+
+
+def _plain(t: torch.Tensor) -> bool:
+    return (
+        type(t) is torch.Tensor
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not t.is_quantized
+        and not t.requires_grad
+    )
+
+
+class _ArenaHandlers:
+    __slots__ = ("arena",)
+
+    def __init__(self, arena: WorkerArena) -> None:
+        self.arena = arena
+
+    def tensors(self, batch: list[Any], *, collate_fn_map: dict[Any, Any] | None = None) -> Any:
+        elem = batch[0]
+        if _plain(elem) and not elem.is_nested:
+            dtype, shape = elem.dtype, elem.shape
+            if all(_plain(t) and t.dtype == dtype and t.shape == shape for t in batch):
+                out = self.arena.tensor(dtype, (len(batch), *shape))
+                if out is not None:
+                    return torch.stack(batch, 0, out=out)
+        return collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
+
+    def arrays(self, batch: list[Any], *, collate_fn_map: dict[Any, Any] | None = None) -> Any:
+        elem = batch[0]
+        dtype = _TORCH_DTYPES.get(elem.dtype) if type(elem) is np.ndarray else None
+        if dtype is not None:
+            npdtype, shape = elem.dtype, elem.shape
+            if all(type(a) is np.ndarray and a.dtype == npdtype and a.shape == shape for a in batch):
+                out = self.arena.tensor(dtype, (len(batch), *shape))
+                if out is not None:
+                    np.stack(batch, out=out.numpy())
+                    return out
+        return collate_numpy_array_fn(batch, collate_fn_map=collate_fn_map)
+
+
+def arena_collate(samples: Any, arena: WorkerArena) -> Any:
+    """``default_collate(samples)``, stacking tensors and arrays into ``arena`` where they fit."""
+    handlers = _ArenaHandlers(arena)
+    fn_map = {**default_collate_fn_map, torch.Tensor: handlers.tensors, np.ndarray: handlers.arrays}
+    return collate(samples, collate_fn_map=fn_map)

@@ -1,0 +1,154 @@
+"""Tensors cross from real worker processes through their arenas: equal to an in-process run,
+never overwritten while the main process holds them, and exact on resume."""
+
+from __future__ import annotations
+
+import gc
+import glob
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from streaming_wds import ShardWriter, StreamingDataLoader, StreamingWebDataset, StreamOptions
+from tests.resume_harness import check_resume, reference
+
+NUM, PER_SHARD, BATCH = 60, 10, 4
+SHAPE = (24, 32, 3)
+BATCH_BYTES = BATCH * int(np.prod(SHAPE))
+
+
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def image(i: int) -> np.ndarray:
+    return (np.arange(np.prod(SHAPE), dtype=np.int64).reshape(SHAPE) * 7 + i * 13).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("arrays")
+    with ShardWriter(path, maxcount=PER_SHARD) as w:
+        for i in range(NUM):
+            w.write(
+                {
+                    "__key__": f"s{i:04d}",
+                    "img.npy": npy(image(i)),
+                    "vec.npy": npy(np.full(5, i / 4, np.float32)),
+                    "cls": str(i),
+                }
+            )
+    return path
+
+
+def make(root: Path, **kw: Any) -> StreamingDataLoader:
+    ds = StreamingWebDataset(
+        root,
+        shuffle=True,
+        seed=5,
+        schema={"img.npy": "npy", "vec.npy": "npy", "cls": "int"},
+        options=StreamOptions(interleave=2),
+    )
+    return StreamingDataLoader(ds, batch_size=BATCH, **kw)
+
+
+def arenas() -> list[str]:
+    return glob.glob("/dev/shm/swds-arena-*")
+
+
+def by_key(batches: list[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    return {
+        k: (img, vec, int(c))
+        for b in batches
+        for k, img, vec, c in zip(b["__key__"], b["img.npy"], b["vec.npy"], b["cls"], strict=True)
+    }
+
+
+def check(batches: list[dict[str, Any]]) -> None:
+    got = by_key(batches)
+    assert sorted(got) == [f"s{i:04d}" for i in range(NUM)]
+    for key, (img, vec, c) in got.items():
+        i = int(key[1:])
+        assert img.dtype == torch.uint8 and torch.equal(img, torch.from_numpy(image(i)))
+        assert vec.dtype == torch.float32 and torch.equal(vec, torch.full((5,), i / 4))
+        assert c == i
+
+
+def via_arena(batch: dict[str, Any]) -> bool:
+    """Whether the batch's images came through an arena (tensors from an arena view a mapping of
+    it; torch's own arrive in its shared memory)."""
+    return not batch["img.npy"].is_shared()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_tensors_equal_in_process_ones_and_come_through_the_arena(root: Path, context: str) -> None:
+    before = arenas()
+    ref = list(make(root, num_workers=0))
+    check(ref)
+    got = list(make(root, num_workers=2, multiprocessing_context=context))
+    check(got)
+    assert not any(b[f].is_shared() for b in got for f in ("img.npy", "vec.npy", "cls"))
+    for b in got:
+        assert b["img.npy"].shape == (len(b["__key__"]), *SHAPE) and b["cls"].dtype == torch.int64
+    del got
+    gc.collect()
+    assert arenas() == before  # every arena file was removed
+
+
+def test_held_batches_stay_intact_while_the_workers_go_on(root: Path) -> None:
+    """An arena of three batches: every third batch is kept to the end, the others dropped at
+    once. Dropped ones hand their regions back (later batches still use the arena); kept ones
+    are never written over; when kept ones fill it, batches go torch's way."""
+    loader = make(root, num_workers=2, tensor_memory_bytes=3 * (BATCH_BYTES + 3 * 4096))
+    kept, ways = [], []
+    for i, batch in enumerate(loader):
+        ways.append(via_arena(batch))
+        if i % 3 == 0:
+            kept.append(batch)
+        del batch
+    assert len(ways) == 16  # each worker reads 30 samples: 7 batches of 4 and one of 2
+    assert ways.count(True) > len(ways) // 2 and ways.count(False) > 0
+    for b in kept:  # compared at the end: after every later batch was written
+        for key, img in zip(b["__key__"], b["img.npy"], strict=True):
+            assert torch.equal(img, torch.from_numpy(image(int(key[1:]))))
+
+
+def test_every_batch_kept_with_a_small_arena_is_still_correct(root: Path) -> None:
+    batches = list(make(root, num_workers=2, tensor_memory_bytes=2 * (BATCH_BYTES + 3 * 4096)))
+    check(batches)
+    assert 0 < sum(map(via_arena, batches)) < len(batches)
+
+
+def test_resume_with_arenas_is_exact(root: Path) -> None:
+    def make_loader() -> StreamingDataLoader:
+        return make(root, num_workers=2, tensor_memory_bytes=4 * BATCH_BYTES)
+
+    ref = reference(make_loader)
+    for cut in (0, 4, "end"):
+        check_resume(make_loader, cut, ref)
+
+
+def _own_collate(samples: list[Any]) -> Any:
+    return default_collate(samples)
+
+
+@pytest.mark.parametrize(
+    ("kw", "arena"),
+    [
+        ({"collate_fn": default_collate}, True),
+        ({"collate_fn": _own_collate}, False),  # the user's own function: left alone
+        ({"tensor_memory_bytes": 0}, False),
+        ({"tensor_memory_bytes": 0, "shared_memory_bytes": 0}, False),
+    ],
+)
+def test_which_loaders_use_arenas(root: Path, kw: dict[str, Any], arena: bool) -> None:
+    batches = list(make(root, num_workers=1, **kw))
+    check(batches)
+    assert {via_arena(b) for b in batches} == {arena}
