@@ -29,6 +29,7 @@ from .arena import forget_arenas
 from .dataset import StreamingWebDataset
 from .errors import CheckpointError
 from .transfer import PackingCollate, forget_rings
+from .workers import WorkerInit
 from .world import distributed_rank_world
 
 FORMAT_KEY = "streaming_wds"
@@ -63,6 +64,10 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         shared_memory_bytes: Size of each worker's ring; 0 sends ``bytes`` through the pipe.
         tensor_memory_bytes: Most shared memory each worker's arena uses (pages are reserved as
             it grows, so this is a cap, not an allocation); 0 leaves tensors to torch.
+        keep_freed_memory: In each worker process, ask glibc's ``malloc`` to reuse freed memory
+            rather than return it to the kernel at once (see :mod:`streaming_wds.workers`:
+            decoded images otherwise cost a page fault per 4 KiB, every time); the user's
+            ``worker_init_fn`` runs after it. False leaves ``malloc`` as it is.
         **kwargs: Passed to ``StatefulDataLoader`` (``batch_size``, ``num_workers``,
             ``collate_fn``, ``persistent_workers``, ``multiprocessing_context``, …).
     """
@@ -76,10 +81,13 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         *,
         shared_memory_bytes: int = SHARED_MEMORY_BYTES,
         tensor_memory_bytes: int = TENSOR_MEMORY_BYTES,
+        keep_freed_memory: bool = True,
         **kwargs: Any,
     ) -> None:
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
+        if keep_freed_memory and kwargs.get("num_workers", 0) > 0:
+            kwargs["worker_init_fn"] = WorkerInit(kwargs.get("worker_init_fn"))
         self._swds_packing: PackingCollate | None = None
         if kwargs.get("num_workers", 0) > 0:
             from torch.utils.data import default_collate, default_convert
