@@ -153,9 +153,15 @@ class WorkerArena:
         new = min(self.capacity, max(end, self.reserved + _GROW))
         try:
             os.posix_fallocate(self.fd, HEADER + self.reserved, new - self.reserved)
-        except OSError as e:
-            log.debug("arena %s cannot grow to %d bytes (%s): tensors go the ordinary way", self.path, new, e)
-            self.capacity = self.reserved  # do not try again
+        except OSError as e:  # once per arena: the capacity stops here
+            log.warning(
+                "shared-memory arena %s cannot grow to %d bytes (%s): further tensors take torch's "
+                "own shared memory (is /dev/shm too small? a container's default is often 64 MB)",
+                self.path,
+                new,
+                e,
+            )
+            self.capacity = self.reserved
             return False
         self.reserved = new
         return True

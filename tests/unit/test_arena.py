@@ -260,7 +260,7 @@ def test_a_forked_child_dropping_an_inherited_tensor_does_not_release_it(make_ar
 
 
 def test_no_room_for_pages_means_no_arena_use_not_a_crash(
-    make_arena: Any, monkeypatch: pytest.MonkeyPatch
+    make_arena: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(28, "No space left on device")
@@ -271,6 +271,9 @@ def test_no_room_for_pages_means_no_arena_use_not_a_crash(
     assert type(packed["img"]) is torch.Tensor and type(packed["cls"]) is torch.Tensor
     assert_same(pickle.loads(pickle.dumps(packed)), default_collate(images(4, 1)))
     assert not worker.regions and worker.capacity == 0
+    warned = [r for r in caplog.records if r.name == "streaming_wds.arena"]
+    assert len(warned) == 1 and "No space left on device" in warned[0].getMessage()
+    assert "/dev/shm too small" in warned[0].getMessage()
 
 
 def test_outside_a_worker_the_packing_collate_is_the_plain_collate() -> None:
