@@ -144,7 +144,7 @@ class WorkerArena:
         self.generation += 1
         self.regions[slot] = _Region(start, end, self.generation)
         arr = np.frombuffer(self.map, np.uint8, count=nbytes, offset=HEADER + start)
-        weakref.finalize(arr, self.dropped.append, slot)
+        weakref.finalize(arr, self.dropped.append, slot).atexit = False
         out = torch.from_numpy(arr).view(dtype).view(shape)
         self._issued[id(out)] = (out, slot)
         return out
@@ -227,7 +227,7 @@ class _Opened:
 
     def __init__(self, fd: int) -> None:
         self.fd, self.pid, self.closed = fd, os.getpid(), False
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # a collection inside close() may finalise a mapping
 
     def release(self, slot: int, gen: int) -> None:
         # Runs when a mapping is finalised, in whichever thread freed the last view. A forked
@@ -263,7 +263,7 @@ def open_tensor(
     """Unpickling a :class:`TensorRef`: a tensor viewing its region, handed back when freed."""
     arena = _open_arena(path)
     region = mmap.mmap(arena.fd, nbytes, offset=HEADER + start)
-    weakref.finalize(region, arena.release, slot, gen)
+    weakref.finalize(region, arena.release, slot, gen).atexit = False  # nothing to give back then
     arr = np.frombuffer(region, np.uint8, count=nbytes)
     return torch.from_numpy(arr).view(dtype).view(shape)
 

@@ -169,7 +169,8 @@ class _Packer:
     """Moves the large ``bytes`` objects of one batch into this worker's ring, in the order met,
     until one does not fit; that one and all later ones stay in the batch and cross the pipe.
     With an ``arena``, replaces its tensors by refs: the ones the arena handed out for this
-    batch, and copies of other plain CPU tensors that own their whole storage, where they fit.
+    batch, and copies of other plain CPU tensors that own their whole storage, where they fit;
+    tensors of at most 16 KiB of either kind travel by value instead.
 
     It descends into plain dicts, lists and tuples only (subclasses such as named tuples are left
     as they are). The same ``bytes`` object met twice is two blobs, each with its own region:
@@ -185,7 +186,7 @@ class _Packer:
         self.full = capacity <= 0
         self.arena = arena
         self.issued = arena.issued() if arena is not None else {}
-        self.refs: dict[int, TensorRef] = {}
+        self.refs: dict[int, TensorRef | _InlineTensor] = {}
 
     def blob(self, data: bytes) -> bytes | _RingRef:
         if self.full:
@@ -203,21 +204,24 @@ class _Packer:
         ring.write(start, data)
         return _RingRef(ring.path, start, start + len(data))
 
-    def tensor(self, t: torch.Tensor) -> torch.Tensor | TensorRef:
+    def tensor(self, t: torch.Tensor) -> torch.Tensor | TensorRef | _InlineTensor:
         arena = self.arena
         if arena is None:
             return t
         ref = self.refs.get(id(t))
         if ref is None:
             hit = self.issued.get(id(t))
-            if hit is not None and hit[0] is t:
+            issued = hit is not None and hit[0] is t
+            if not issued and not _owns_storage(t):
+                return t
+            if t.nbytes <= _INLINE_BYTES:
+                ref = _InlineTensor(t)
+            elif hit is not None and issued:
                 ref = arena.ref(t, hit[1])
-            elif _owns_storage(t):
+            else:
                 ref = arena.copy(t)
                 if ref is None:
                     return t
-            else:
-                return t
             self.refs[id(t)] = ref
         return ref
 
@@ -233,6 +237,28 @@ class _Packer:
             items = [self.walk(v) if type(v) in _WALKED else v for v in obj]
             return items if t is list else tuple(items)
         return obj
+
+
+_INLINE_BYTES = 16 * 1024  # smaller tensors travel inside the pickle, by value
+
+
+class _InlineTensor:
+    """A small tensor (labels, scalars) carried by value: cheaper than mapping a region."""
+
+    __slots__ = ("data", "dtype", "shape")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        self.dtype, self.shape = t.dtype, tuple(t.shape)
+
+    def __reduce__(self) -> tuple[Callable[..., torch.Tensor], tuple[Any, ...]]:
+        return _inline_tensor, (self.data, self.dtype, self.shape)
+
+
+def _inline_tensor(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).view(shape)
 
 
 def _owns_storage(t: torch.Tensor) -> bool:

@@ -100,7 +100,8 @@ def test_a_batch_through_the_arena_equals_default_collate(make_arena: Any) -> No
 def test_only_refs_cross_the_pipe(make_arena: Any) -> None:
     worker = make_arena(8 * MB)
     batch = transfer.pack(arena_collate(images(32, 0), worker), "", 0, worker)
-    assert isinstance(batch["img"], arena.TensorRef) and isinstance(batch["cls"], arena.TensorRef)
+    assert isinstance(batch["img"], arena.TensorRef)
+    assert isinstance(batch["cls"], transfer._InlineTensor)  # 256 bytes: by value
     assert len(ForkingPickler.dumps(batch)) < 1000  # against 32 * 3,600 bytes of pixels
 
 
@@ -205,10 +206,35 @@ def test_a_full_arena_falls_back_to_torch_and_the_values_are_the_same(make_arena
 
 def test_the_same_tensor_twice_is_one_region_and_one_tensor(make_arena: Any) -> None:
     worker = make_arena(MB)
-    t = torch.arange(6)
-    got = pickle.loads(ForkingPickler.dumps(transfer.pack({"a": t, "b": [t]}, "", 0, worker)))
-    assert got["a"] is got["b"][0] and torch.equal(got["a"], t)
-    assert len(worker.regions) == 1
+    big, small = torch.arange(10_000), torch.arange(6)
+    batch = {"a": big, "b": [big], "c": small, "d": (small,)}
+    got = pickle.loads(ForkingPickler.dumps(transfer.pack(batch, "", 0, worker)))
+    assert got["a"] is got["b"][0] and torch.equal(got["a"], big)
+    assert got["c"] is got["d"][0] and torch.equal(got["c"], small)
+    assert len(worker.regions) == 1  # the small one travelled by value
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.tensor([True, False, True]),
+        torch.tensor(7),
+        torch.arange(12, dtype=torch.bfloat16).reshape(3, 4),
+        torch.arange(5, dtype=torch.float16),
+        torch.tensor([1 + 2j, 3 - 1j]),
+        torch.empty(0, 3, dtype=torch.int32),
+        torch.full((2048,), -1, dtype=torch.int64),  # 16 KiB exactly
+    ],
+)
+def test_small_tensors_travel_by_value(make_arena: Any, t: torch.Tensor) -> None:
+    worker = make_arena(MB)
+    packed = transfer.pack({"t": t}, "", 0, worker)
+    assert isinstance(packed["t"], transfer._InlineTensor) and not worker.regions
+    got = pickle.loads(pickle.dumps(packed))["t"]
+    assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t)
+    got.zero_()  # its own writable memory
+    bigger = transfer.pack({"t": torch.zeros(2049, dtype=torch.int64)}, "", 0, worker)["t"]
+    assert isinstance(bigger, arena.TensorRef)
 
 
 def test_views_and_shared_tensors_are_left_to_torch(make_arena: Any) -> None:
@@ -224,7 +250,7 @@ def test_views_and_shared_tensors_are_left_to_torch(make_arena: Any) -> None:
 def test_tensors_outlive_the_arena_and_dropping_them_later_is_harmless(make_arena: Any) -> None:
     worker = make_arena(MB)
     token = worker.path.rsplit("-", 1)[0].removeprefix("/dev/shm/swds-arena-")
-    img = send(images(4, 7), worker)["img"]
+    img = send(images(8, 7), worker)["img"]
     arena.forget_arenas(token)  # the iterator is gone: the main process closes its end
     assert int(img[1, 0, 0, 0]) == 8
     del img
@@ -244,7 +270,7 @@ _inherited: Any = None
 def test_a_forked_child_dropping_an_inherited_tensor_does_not_release_it(make_arena: Any) -> None:
     global _inherited
     worker = make_arena(MB)
-    _inherited = send(images(4, 9), worker)["img"]
+    _inherited = send(images(8, 9), worker)["img"]
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_drop_in_child, args=(child,))
@@ -267,9 +293,9 @@ def test_no_room_for_pages_means_no_arena_use_not_a_crash(
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     worker = make_arena(8 * MB)
-    packed = transfer.pack(arena_collate(images(4, 1), worker), "", 0, worker)
-    assert type(packed["img"]) is torch.Tensor and type(packed["cls"]) is torch.Tensor
-    assert_same(pickle.loads(pickle.dumps(packed)), default_collate(images(4, 1)))
+    packed = transfer.pack(arena_collate(images(8, 1), worker), "", 0, worker)
+    assert type(packed["img"]) is torch.Tensor
+    assert_same(pickle.loads(pickle.dumps(packed)), default_collate(images(8, 1)))
     assert not worker.regions and worker.capacity == 0
     warned = [r for r in caplog.records if r.name == "streaming_wds.arena"]
     assert len(warned) == 1 and "No space left on device" in warned[0].getMessage()
