@@ -152,3 +152,32 @@ def test_which_loaders_use_arenas(root: Path, kw: dict[str, Any], arena: bool) -
     batches = list(make(root, num_workers=1, **kw))
     check(batches)
     assert {via_arena(b) for b in batches} == {arena}
+
+
+def test_persistent_workers_keep_their_arenas_across_epochs(root: Path) -> None:
+    """Two batches of the first epoch are kept; the second epoch, each batch dropped once seen,
+    reuses the regions the others gave back and never the kept batches' regions."""
+    before = arenas()
+    # six batches per worker: two kept at most, two queued, one being built, one in hand
+    loader = make(root, num_workers=2, persistent_workers=True, tensor_memory_bytes=6 * BATCH_BYTES)
+    first = list(loader)
+    check(first)
+    kept = first[:2]
+    assert all(map(via_arena, kept))
+    del first
+    gc.collect()
+    ways, keys = [], []
+    for batch in loader:
+        ways.append(via_arena(batch))
+        for key, img in zip(batch["__key__"], batch["img.npy"], strict=True):
+            assert torch.equal(img, torch.from_numpy(image(int(key[1:]))))
+            keys.append(key)
+        del batch
+    assert sorted(keys) == [f"s{i:04d}" for i in range(NUM)]
+    assert all(ways)  # room again after the first epoch's batches went: all through the arenas
+    for b in kept:
+        for key, img in zip(b["__key__"], b["img.npy"], strict=True):
+            assert torch.equal(img, torch.from_numpy(image(int(key[1:]))))
+    del loader, kept
+    gc.collect()
+    assert arenas() == before
