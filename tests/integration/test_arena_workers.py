@@ -106,7 +106,7 @@ def test_held_batches_stay_intact_while_the_workers_go_on(root: Path) -> None:
     """An arena of three batches: every third batch is kept to the end, the others dropped at
     once. Dropped ones hand their regions back (later batches still use the arena); kept ones
     are never written over; when kept ones fill it, batches go torch's way."""
-    loader = make(root, num_workers=2, tensor_memory_bytes=3 * (BATCH_BYTES + 3 * 4096))
+    loader = make(root, num_workers=2, tensor_memory_bytes=3 * BATCH_BYTES)
     kept, ways = [], []
     for i, batch in enumerate(loader):
         ways.append(via_arena(batch))
@@ -121,7 +121,7 @@ def test_held_batches_stay_intact_while_the_workers_go_on(root: Path) -> None:
 
 
 def test_every_batch_kept_with_a_small_arena_is_still_correct(root: Path) -> None:
-    batches = list(make(root, num_workers=2, tensor_memory_bytes=2 * (BATCH_BYTES + 3 * 4096)))
+    batches = list(make(root, num_workers=2, tensor_memory_bytes=2 * BATCH_BYTES))
     check(batches)
     assert 0 < sum(map(via_arena, batches)) < len(batches)
 
