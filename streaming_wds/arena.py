@@ -27,7 +27,6 @@ field that does not fit is collated and sent the ordinary way.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
@@ -40,17 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import shm
+
 log = logging.getLogger(__name__)
 
-SHM_DIR = "/dev/shm"
 PAGE = mmap.ALLOCATIONGRANULARITY
 SLOTS = 512  # regions live at once per worker; the header holds one 8-byte generation each
 HEADER = max(PAGE, SLOTS * 8)
 _GROW = 4 * 1024 * 1024  # reserve arena pages in steps of at least this much
-
-
-def _arena_path(token: str, pid: int) -> str:
-    return os.path.join(SHM_DIR, f"swds-arena-{token}-{pid}")
 
 
 class _Region:
@@ -189,8 +185,7 @@ class WorkerArena:
 
     def unlink(self) -> None:
         # the main process unlinks it as soon as it has opened it; this is for the other cases
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        shm.unlink(self.path)
 
 
 _arenas: dict[tuple[str, int], WorkerArena | None] = {}
@@ -203,9 +198,9 @@ def worker_arena(token: str, capacity: int) -> WorkerArena | None:
     if key in _arenas:
         return _arenas[key]
     arena: WorkerArena | None = None
-    if capacity > 0 and os.path.isdir(SHM_DIR):
+    if capacity > 0 and shm.available():
         try:
-            arena = WorkerArena(_arena_path(token, os.getpid()), capacity)
+            arena = WorkerArena(shm.path("arena", token), capacity)
         except OSError as e:
             log.debug("no shared-memory arena (%s): tensors go the ordinary way", e)
     if arena is not None:
@@ -271,13 +266,8 @@ def open_tensor(
 def forget_arenas(token: str) -> None:
     """Close the arenas of the workers started with ``token`` (once they are gone), and remove
     the files of arenas never opened here. Tensors still viewing them stay valid."""
-    name = f"swds-arena-{token}-"
-    mark = os.path.join(SHM_DIR, name)
+    mark = shm.prefix("arena", token)
     with _opened_lock:
         for path in [p for p in _opened if p.startswith(mark)]:
             _opened.pop(path).close()
-    if os.path.isdir(SHM_DIR):
-        for left in os.listdir(SHM_DIR):
-            if left.startswith(name):
-                with contextlib.suppress(FileNotFoundError):  # its worker may have just removed it
-                    os.unlink(os.path.join(SHM_DIR, left))
+    shm.remove_left("arena", token)

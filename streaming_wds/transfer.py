@@ -19,7 +19,6 @@ moves them through shared memory of its own.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import struct
@@ -29,12 +28,12 @@ from typing import Any
 
 import torch
 
+from . import shm
 from .arena import TensorRef, WorkerArena, worker_arena
 from .collate import arena_collate
 
 _HEADER = 64  # the first 8 bytes: how far the main process has consumed (absolute position)
 _MIN_BYTES = 1024  # smaller bytes objects are cheaper to pickle than to reference
-_SHM_DIR = "/dev/shm"
 
 
 class _WorkerRing:
@@ -42,7 +41,7 @@ class _WorkerRing:
 
     def __init__(self, token: str, capacity: int) -> None:
         self.capacity = capacity
-        self.path = os.path.join(_SHM_DIR, f"swds-ring-{token}-{os.getpid()}")
+        self.path = shm.path("ring", token)
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, _HEADER + capacity)
@@ -73,8 +72,7 @@ class _WorkerRing:
 
     def unlink(self) -> None:
         # the main process unlinks it as soon as it has mapped it; this is for the other cases
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        shm.unlink(self.path)
 
 
 class _RingRef:
@@ -130,18 +128,13 @@ def _read_ring(path: str, start: int, end: int) -> bytes:
 def forget_rings(token: str) -> None:
     """Unmap the rings of the workers started with ``token`` (once they are gone), and remove
     the files of rings never mapped here (a worker killed before its first batch was read)."""
-    name = f"swds-ring-{token}-"
-    mark = os.path.join(_SHM_DIR, name)
+    mark = shm.prefix("ring", token)
     with _readers_lock:
         for path in [p for p in _readers if p.startswith(mark)]:
             fd, header, _ = _readers.pop(path)
             header.close()
             os.close(fd)
-    if os.path.isdir(_SHM_DIR):
-        for left in os.listdir(_SHM_DIR):
-            if left.startswith(name):
-                with contextlib.suppress(FileNotFoundError):  # its worker may have just removed it
-                    os.unlink(os.path.join(_SHM_DIR, left))
+    shm.remove_left("ring", token)
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -153,7 +146,7 @@ def _worker_ring(token: str, capacity: int) -> _WorkerRing | None:
     key = (token, os.getpid())
     ring = _rings.get(key)
     if ring is None:
-        if not os.path.isdir(_SHM_DIR):
+        if not shm.available():
             return None
         ring = _rings[key] = _WorkerRing(token, capacity)
         from multiprocessing import util
