@@ -47,6 +47,7 @@ PAGE = mmap.ALLOCATIONGRANULARITY
 SLOTS = 512  # regions live at once per worker; the header holds one 8-byte generation each
 HEADER = max(PAGE, SLOTS * 8)
 _GROW = 4 * 1024 * 1024  # reserve arena pages in steps of at least this much
+INLINE_BYTES = 16 * 1024  # tensors this small travel inside the pickle, by value, not in a region
 
 
 class _Region:

@@ -3,8 +3,9 @@
 The result equals ``torch.utils.data.default_collate``'s (same structure, types, dtypes, shapes
 and values): torch's own ``collate`` runs with its default handlers, except that a list of
 same-shaped CPU tensors, or of same-shaped numeric arrays, is stacked straight into an arena
-region (see :mod:`streaming_wds.arena`). Whatever does not qualify or does not fit goes to
-torch's handler, which raises the same errors as always.
+region (see :mod:`streaming_wds.arena`), or into ordinary memory when it is small enough to
+travel by value. Whatever does not qualify or does not fit goes to torch's handler, which raises
+the same errors as always.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data._utils.collate import (
     default_collate_fn_map,
 )
 
-from .arena import WorkerArena
+from .arena import INLINE_BYTES, WorkerArena
 
 # numpy dtypes torch.as_tensor maps one to one (native byte order only)
 _TORCH_DTYPES = {
@@ -62,6 +63,8 @@ class _ArenaHandlers:
         if _plain(elem) and not elem.is_nested:
             dtype, shape = elem.dtype, elem.shape
             if all(_plain(t) and t.dtype == dtype and t.shape == shape for t in batch):
+                if len(batch) * elem.nbytes <= INLINE_BYTES:
+                    return torch.stack(batch, 0)
                 out = self.arena.tensor(dtype, (len(batch), *shape))
                 if out is not None:
                     return torch.stack(batch, 0, out=out)
@@ -73,6 +76,8 @@ class _ArenaHandlers:
         if dtype is not None:
             npdtype, shape = elem.dtype, elem.shape
             if all(type(a) is np.ndarray and a.dtype == npdtype and a.shape == shape for a in batch):
+                if len(batch) * elem.nbytes <= INLINE_BYTES:
+                    return torch.from_numpy(np.stack(batch))
                 out = self.arena.tensor(dtype, (len(batch), *shape))
                 if out is not None:
                     np.stack(batch, out=out.numpy())

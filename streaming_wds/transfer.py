@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import shm
-from .arena import TensorRef, WorkerArena, worker_arena
+from .arena import INLINE_BYTES, TensorRef, WorkerArena, worker_arena
 from .collate import arena_collate
 
 _HEADER = 64  # the first 8 bytes: how far the main process has consumed (absolute position)
@@ -204,13 +204,13 @@ class _Packer:
         ref = self.refs.get(id(t))
         if ref is None:
             hit = self.issued.get(id(t))
-            issued = hit is not None and hit[0] is t
-            if not issued and not _owns_storage(t):
+            slot = hit[1] if hit is not None and hit[0] is t else None
+            if slot is None and not _owns_storage(t):
                 return t
-            if t.nbytes <= _INLINE_BYTES:
+            if t.nbytes <= INLINE_BYTES:
                 ref = _InlineTensor(t)
-            elif hit is not None and issued:
-                ref = arena.ref(t, hit[1])
+            elif slot is not None:
+                ref = arena.ref(t, slot)
             else:
                 ref = arena.copy(t)
                 if ref is None:
@@ -230,9 +230,6 @@ class _Packer:
             items = [self.walk(v) if type(v) in _WALKED else v for v in obj]
             return items if t is list else tuple(items)
         return obj
-
-
-_INLINE_BYTES = 16 * 1024  # smaller tensors travel inside the pickle, by value
 
 
 class _InlineTensor:

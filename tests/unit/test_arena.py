@@ -135,6 +135,16 @@ def test_any_dtype_and_shape_arrives_as_default_collate_makes_it(
         arena.forget_arenas(token)
 
 
+def test_small_stacks_take_no_region(make_arena: Any) -> None:
+    """Fields small enough to travel by value are stacked in ordinary memory, not in a region
+    the packer would only copy out of."""
+    worker = make_arena(MB)
+    samples = [{"v": np.full(5, i, np.float32), "t": torch.full((3,), i)} for i in range(4)]
+    got = send(samples, worker)
+    assert_same(got, default_collate(samples))
+    assert not worker.regions
+
+
 def test_a_region_is_reused_only_once_every_view_of_it_is_gone(make_arena: Any) -> None:
     worker = make_arena(8 * MB)
     first = send(images(8, 0), worker)["img"]
