@@ -50,6 +50,18 @@ _GROW = 4 * 1024 * 1024  # reserve arena pages in steps of at least this much
 INLINE_BYTES = 16 * 1024  # tensors this small travel inside the pickle, by value, not in a region
 
 
+def plain_tensor(t: torch.Tensor) -> bool:
+    """A tensor an arena can hold: an exact ``torch.Tensor``, dense, on the CPU, not quantized,
+    not tracking gradients."""
+    return (
+        type(t) is torch.Tensor
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not t.is_quantized
+        and not t.requires_grad
+    )
+
+
 class _Region:
     __slots__ = ("end", "gen", "held", "sent", "start")
 

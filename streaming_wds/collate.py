@@ -21,7 +21,7 @@ from torch.utils.data._utils.collate import (
     default_collate_fn_map,
 )
 
-from .arena import INLINE_BYTES, WorkerArena
+from .arena import INLINE_BYTES, WorkerArena, plain_tensor
 
 # numpy dtypes torch.as_tensor maps one to one (native byte order only)
 _TORCH_DTYPES = {
@@ -42,16 +42,6 @@ _TORCH_DTYPES = {
 }
 
 
-def _plain(t: torch.Tensor) -> bool:
-    return (
-        type(t) is torch.Tensor
-        and t.device.type == "cpu"
-        and t.layout == torch.strided
-        and not t.is_quantized
-        and not t.requires_grad
-    )
-
-
 class _ArenaHandlers:
     __slots__ = ("arena",)
 
@@ -60,9 +50,9 @@ class _ArenaHandlers:
 
     def tensors(self, batch: list[Any], *, collate_fn_map: dict[Any, Any] | None = None) -> Any:
         elem = batch[0]
-        if _plain(elem) and not elem.is_nested:
+        if plain_tensor(elem) and not elem.is_nested:
             dtype, shape = elem.dtype, elem.shape
-            if all(_plain(t) and t.dtype == dtype and t.shape == shape for t in batch):
+            if all(plain_tensor(t) and t.dtype == dtype and t.shape == shape for t in batch):
                 if len(batch) * elem.nbytes <= INLINE_BYTES:
                     return torch.stack(batch, 0)
                 out = self.arena.tensor(dtype, (len(batch), *shape))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import shm
-from .arena import INLINE_BYTES, TensorRef, WorkerArena, worker_arena
+from .arena import INLINE_BYTES, TensorRef, WorkerArena, plain_tensor, worker_arena
 from .collate import arena_collate
 
 _HEADER = 64  # the first 8 bytes: how far the main process has consumed (absolute position)
@@ -255,10 +255,7 @@ def _owns_storage(t: torch.Tensor) -> bool:
     """A plain, contiguous CPU tensor that is its whole storage (nothing else can alias it
     through another view), not already in shared memory."""
     return (
-        t.device.type == "cpu"
-        and t.layout == torch.strided
-        and not t.requires_grad
-        and not t.is_quantized
+        plain_tensor(t)
         and t.is_contiguous()
         and t.storage_offset() == 0
         and t.untyped_storage().nbytes() == t.nbytes
