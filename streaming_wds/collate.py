@@ -6,6 +6,11 @@ same-shaped CPU tensors, or of same-shaped numeric arrays, is stacked straight i
 region (see :mod:`streaming_wds.arena`), or into ordinary memory when it is small enough to
 travel by value. Whatever does not qualify or does not fit goes to torch's handler, which raises
 the same errors as always.
+
+:func:`stacked_collate` is the same without an arena (the loader's collate in the main process,
+``num_workers=0``): numeric arrays are stacked by numpy into ordinary memory. torch's handler
+wraps each array with ``torch.as_tensor`` first, which warns about read-only arrays, and the
+arrays of a decoded image are read-only (``numpy.asarray`` of a PIL image views its bytes).
 """
 
 from __future__ import annotations
@@ -43,14 +48,17 @@ _TORCH_DTYPES = {
 
 
 class _ArenaHandlers:
+    """Handlers for torch's ``collate``; with ``arena`` None, arrays stack into ordinary memory
+    and tensors go to torch's handler."""
+
     __slots__ = ("arena",)
 
-    def __init__(self, arena: WorkerArena) -> None:
+    def __init__(self, arena: WorkerArena | None) -> None:
         self.arena = arena
 
     def tensors(self, batch: list[Any], *, collate_fn_map: dict[Any, Any] | None = None) -> Any:
         elem = batch[0]
-        if plain_tensor(elem) and not elem.is_nested:
+        if self.arena is not None and plain_tensor(elem) and not elem.is_nested:
             dtype, shape = elem.dtype, elem.shape
             if all(plain_tensor(t) and t.dtype == dtype and t.shape == shape for t in batch):
                 if len(batch) * elem.nbytes <= INLINE_BYTES:
@@ -66,7 +74,7 @@ class _ArenaHandlers:
         if dtype is not None:
             npdtype, shape = elem.dtype, elem.shape
             if all(type(a) is np.ndarray and a.dtype == npdtype and a.shape == shape for a in batch):
-                if len(batch) * elem.nbytes <= INLINE_BYTES:
+                if self.arena is None or len(batch) * elem.nbytes <= INLINE_BYTES:
                     return torch.from_numpy(np.stack(batch))
                 out = self.arena.tensor(dtype, (len(batch), *shape))
                 if out is not None:
@@ -79,4 +87,11 @@ def arena_collate(samples: Any, arena: WorkerArena) -> Any:
     """``default_collate(samples)``, stacking tensors and arrays into ``arena`` where they fit."""
     handlers = _ArenaHandlers(arena)
     fn_map = {**default_collate_fn_map, torch.Tensor: handlers.tensors, np.ndarray: handlers.arrays}
+    return collate(samples, collate_fn_map=fn_map)
+
+
+def stacked_collate(samples: Any) -> Any:
+    """``default_collate(samples)``, numeric arrays stacked by numpy into ordinary memory (no
+    warning for read-only arrays); for collation in the process that uses the batch."""
+    fn_map = {**default_collate_fn_map, np.ndarray: _ArenaHandlers(None).arrays}
     return collate(samples, collate_fn_map=fn_map)

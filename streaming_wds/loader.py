@@ -26,6 +26,7 @@ from typing import Any
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .arena import forget_arenas
+from .collate import stacked_collate
 from .dataset import StreamingWebDataset
 from .errors import CheckpointError
 from .transfer import PackingCollate, forget_rings
@@ -59,6 +60,10 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     held batches fill the arena, new tensors go torch's ordinary way. Such tensors equal
     ``default_collate``'s but are not ``is_shared()``; sending one to another process copies it.
 
+    With ``num_workers=0`` and no ``collate_fn``, batches are ``default_collate``'s too, with
+    numeric arrays stacked by numpy (torch's way warns about the read-only arrays that decoded
+    images are).
+
     Args:
         dataset: The dataset to load.
         shared_memory_bytes: Size of each worker's ring; 0 sends ``bytes`` through the pipe.
@@ -89,7 +94,10 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         if keep_freed_memory and kwargs.get("num_workers", 0) > 0:
             kwargs["worker_init_fn"] = WorkerInit(kwargs.get("worker_init_fn"))
         self._swds_packing: PackingCollate | None = None
-        if kwargs.get("num_workers", 0) > 0:
+        if kwargs.get("num_workers", 0) == 0 and kwargs.get("collate_fn") is None:
+            if kwargs.get("batch_size", 1) is not None:
+                kwargs["collate_fn"] = stacked_collate  # default_collate's batches, no warning
+        elif kwargs.get("num_workers", 0) > 0:
             from torch.utils.data import default_collate, default_convert
 
             batched = kwargs.get("batch_size", 1) is not None
