@@ -42,9 +42,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_data import BUCKET, PREFIX, SPLIT, DataSpec, ensure_dataset, shard_files  # noqa: E402
+from proctree import tree_resident  # noqa: E402
 
 DEFAULT_LOADERS = "swds,swds_draft,naive,wds_curl,wds_boto3,swds01,mosaic,litdata_peer"
-PAGE = os.sysconf("SC_PAGE_SIZE")
 ENV_VARS = {
     "AWS_ACCESS_KEY_ID": "benchmark",
     "AWS_SECRET_ACCESS_KEY": "benchmark",
@@ -82,31 +82,6 @@ def server(
 # -- measuring one run ---------------------------------------------------------------------------
 
 
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return out
-
-
-def _rss(pids: list[int]) -> int:
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except OSError:
-            continue
-    return total
-
-
 def run_one(python: str, peer: str, cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [python, str(HERE / "run_loader.py"), peer, json.dumps(cfg), out.name]
@@ -118,7 +93,7 @@ def run_one(python: str, peer: str, cfg: dict[str, Any], timeout: float) -> dict
         def watch() -> None:
             nonlocal peak
             while not done.wait(0.02):
-                peak = max(peak, _rss(_tree(proc.pid)))
+                peak = max(peak, tree_resident(proc.pid))
 
         watcher = threading.Thread(target=watch)
         watcher.start()

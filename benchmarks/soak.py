@@ -50,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.proctree import tree_resident
 from benchmarks.s3server import S3Server
 from streaming_wds import (
     S3Options,
@@ -133,29 +134,10 @@ def peak_rss() -> Iterator[list[int]]:
     """Samples the RSS of this process and its descendants; yields ``[peak bytes]``."""
     peak = [0]
     stop = threading.Event()
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def tree(pid: int) -> list[int]:
-        out = [pid]
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    for child in f.read().split():
-                        out += tree(int(child))
-        except OSError:
-            pass
-        return out
-
-    def rss(pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                return int(f.read().split()[1]) * page
-        except OSError:
-            return 0
 
     def run() -> None:
         while not stop.wait(0.1):
-            peak[0] = max(peak[0], sum(rss(p) for p in tree(os.getpid())))
+            peak[0] = max(peak[0], tree_resident(os.getpid()))
 
     t = threading.Thread(target=run, name="soak-rss")
     t.start()
