@@ -9,7 +9,8 @@ Prints one JSON object:
 * ``tar_parse``: streaming-wds's tar parser and sample grouping over one shard held in memory,
   and the standard library's ``tarfile`` doing the same: samples/s and MB/s on one core.
 * ``jpeg_decode``: full-size PIL decodes of the dataset's JPEGs to RGB ``uint8`` arrays on one
-  core (images/s), and the same with a 1/2-scale DCT ``draft``.
+  core (images/s), and the same with a 1/2-scale DCT ``draft``; then both through ``simplejpeg``
+  (the same pixels, as ``streaming_wds.jpeg`` decodes them), where it is installed.
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ def jpeg_decode(shard: Path, count: int = 200) -> dict[str, float]:
                     img.draft("RGB", draft)
                 np.asarray(img.convert("RGB"))
         out[label] = len(jpegs) / (time.perf_counter() - t0)
+    from streaming_wds import jpeg
+
+    if jpeg.available():  # the same pixels through simplejpeg, as streaming-wds decodes them
+        cases = (("simplejpeg full images/s", None), ("simplejpeg draft 1/2 images/s", (250, 187)))
+        for label, draft in cases:
+            t0 = time.perf_counter()
+            for data in jpegs:
+                assert jpeg.rgb(data, draft, None) is not None
+            out[label] = len(jpegs) / (time.perf_counter() - t0)
     return out
 
 

@@ -1,8 +1,8 @@
 """streaming-wds (this repository): ``StreamingWebDataset`` + ``StreamingDataLoader``, defaults.
 
-Raw mode leaves every field as bytes; decode mode uses the schema ``jpg: rgb8`` (full-size PIL
-decode), ``cls: int``, ``json: json``; ``decode-draft`` decodes the JPEG at a reduced DCT scale
-(see ``swds_draft.py``).
+Raw mode leaves every field as bytes; decode mode uses the schema ``jpg: rgb8`` (full size, the
+pixels of PIL's decode: by default JPEGs go through ``simplejpeg``, see ``streaming_wds/jpeg.py``),
+``cls: int``, ``json: json``; ``swds_draft.py`` decodes the JPEG at a reduced DCT scale.
 """
 
 from __future__ import annotations

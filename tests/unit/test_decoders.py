@@ -482,8 +482,10 @@ def test_image_decoder_in_a_schema_and_pickled() -> None:
     dec = ImageDecoder("rgb8", draft=(32, 24))
     assert resolve_schema({"jpg": dec}) == {"jpg": dec}
     clone = pickle.loads(pickle.dumps(dec))
-    assert repr(clone) == "ImageDecoder('rgb8', draft=(32, 24), max_pixels=89478485)"
-    assert repr(ImageDecoder("pil", max_pixels=None)) == "ImageDecoder('pil', draft=None, max_pixels=None)"
+    assert repr(clone) == "ImageDecoder('rgb8', draft=(32, 24), max_pixels=89478485, fast_jpeg=True)"
+    assert repr(ImageDecoder("pil", max_pixels=None, fast_jpeg=False)) == (
+        "ImageDecoder('pil', draft=None, max_pixels=None, fast_jpeg=False)"
+    )
 
 
 def test_image_decoder_rejects_bad_options() -> None:
