@@ -56,9 +56,12 @@ def rgb(data: bytes, draft: tuple[int, int] | None, max_pixels: int | None) -> A
     simplejpeg = _simplejpeg()
     if simplejpeg is None or data[:3] != SOI:
         return None
+    # Any failure is handed to Pillow, which decodes the file or raises its own error for it:
+    # simplejpeg raises ValueError for what libjpeg-turbo reports, but a damaged header can also
+    # surface as another exception type (KeyError for an unknown subsampling code).
     try:
         height, width, space, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
+    except Exception:
         return None
     if space not in _SPACES or (max_pixels is not None and width * height > max_pixels):
         return None
@@ -80,6 +83,6 @@ def rgb(data: bytes, draft: tuple[int, int] | None, max_pixels: int | None) -> A
                 min_factor=scale,
                 strict=True,
             )
-    except ValueError:  # strict: a libjpeg warning (Pillow may still decode it) or an error
+    except Exception:  # strict: a libjpeg warning (Pillow may still decode it) or an error
         return None
     return pixels if pixels.shape == shape else None

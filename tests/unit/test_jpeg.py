@@ -207,3 +207,50 @@ def test_without_simplejpeg_pillow_decodes_everything(monkeypatch: pytest.Monkey
     monkeypatch.setattr(jpeg, "_simplejpeg", lambda: None)
     assert not jpeg.available() and jpeg.rgb(data, None, None) is None
     assert np.array_equal(DECODERS["rgb8"](data), pillow_pixels(data))
+
+
+def test_a_header_simplejpeg_cannot_name_is_left_to_pillow() -> None:
+    """Luma sampled 1x4: simplejpeg's header reader fails with a KeyError, Pillow decodes it."""
+    data = bytearray(encoded(photo(48, 32, 0), "420", 85))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 11] = 0x14  # first component: H=1, V=4
+    with pytest.raises(KeyError):
+        simplejpeg.decode_jpeg_header(bytes(data))
+    assert jpeg.rgb(bytes(data), None, None) is None
+    assert np.array_equal(DECODERS["rgb8"](bytes(data)), pillow_pixels(bytes(data)))
+
+
+_BASES = [encoded(photo(40, 24, s), sub, 85) for s, sub in enumerate(SUBSAMPLINGS)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from(range(len(_BASES))),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["set", "cut", "insert"]),
+            st.integers(0, 10**6),
+            st.binary(min_size=1, max_size=8),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    draft=st.sampled_from([None, (20, 12), (10, 6)]),
+)
+def test_a_damaged_jpeg_decodes_as_pillow_decodes_it_or_goes_to_pillow(
+    base: int, edits: list[tuple[str, int, bytes]], draft: tuple[int, int] | None
+) -> None:
+    """Whatever the damage, the fast path gives Pillow's pixels or hands the file to Pillow; it
+    never decodes a file Pillow rejects (an image read from damaged data is Pillow's call)."""
+    data = bytearray(_BASES[base])
+    for op, where, blob in edits:
+        at = where % len(data)
+        if op == "set":
+            data[at : at + len(blob)] = blob[: len(data) - at]
+        elif op == "cut":
+            del data[at : at + len(blob)]
+        else:
+            data[at:at] = blob
+    got = jpeg.rgb(bytes(data), draft, None)
+    if got is not None:
+        assert np.array_equal(got, pillow_pixels(bytes(data), draft))
