@@ -27,6 +27,7 @@ from torch.utils.data._utils.collate import (
 )
 
 from .arena import INLINE_BYTES, WorkerArena, plain_tensor
+from .staging import Stager
 
 # numpy dtypes torch.as_tensor maps one to one (native byte order only)
 _TORCH_DTYPES = {
@@ -51,10 +52,11 @@ class _ArenaHandlers:
     """Handlers for torch's ``collate``; with ``arena`` None, arrays stack into ordinary memory
     and tensors go to torch's handler."""
 
-    __slots__ = ("arena",)
+    __slots__ = ("arena", "stager")
 
-    def __init__(self, arena: WorkerArena | None) -> None:
+    def __init__(self, arena: WorkerArena | None, stager: Stager | None = None) -> None:
         self.arena = arena
+        self.stager = stager
 
     def tensors(self, batch: list[Any], *, collate_fn_map: dict[Any, Any] | None = None) -> Any:
         elem = batch[0]
@@ -69,6 +71,10 @@ class _ArenaHandlers:
         return collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
 
     def arrays(self, batch: list[Any], *, collate_fn_map: dict[Any, Any] | None = None) -> Any:
+        if self.stager is not None:  # images decoded into the slots of one arena tensor
+            staged = self.stager.claim(batch)
+            if staged is not None:
+                return staged
         elem = batch[0]
         dtype = _TORCH_DTYPES.get(elem.dtype) if type(elem) is np.ndarray else None
         if dtype is not None:
@@ -77,15 +83,17 @@ class _ArenaHandlers:
                 if self.arena is None or len(batch) * elem.nbytes <= INLINE_BYTES:
                     return torch.from_numpy(np.stack(batch))
                 out = self.arena.tensor(dtype, (len(batch), *shape))
-                if out is not None:
-                    np.stack(batch, out=out.numpy())
-                    return out
+                if out is None:  # the arena is full: torch's shared memory, as default_collate's
+                    out = torch.empty((len(batch), *shape), dtype=dtype).share_memory_()  # type: ignore[no-untyped-call]
+                np.stack(batch, out=out.numpy())  # (torch's handler warns about read-only arrays)
+                return out
         return collate_numpy_array_fn(batch, collate_fn_map=collate_fn_map)
 
 
-def arena_collate(samples: Any, arena: WorkerArena) -> Any:
-    """``default_collate(samples)``, stacking tensors and arrays into ``arena`` where they fit."""
-    handlers = _ArenaHandlers(arena)
+def arena_collate(samples: Any, arena: WorkerArena, stager: Stager | None = None) -> Any:
+    """``default_collate(samples)``, stacking tensors and arrays into ``arena`` where they fit;
+    a list of images that ``stager`` placed in one tensor's slots is that tensor."""
+    handlers = _ArenaHandlers(arena, stager)
     fn_map = {**default_collate_fn_map, torch.Tensor: handlers.tensors, np.ndarray: handlers.arrays}
     return collate(samples, collate_fn_map=fn_map)
 

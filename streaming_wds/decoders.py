@@ -33,12 +33,13 @@ claim a huge image (a decompression bomb). This limit replaces PIL's process-wid
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import jpeg
+from . import jpeg, staging
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -174,11 +175,21 @@ _FROM_PIXELS: dict[str, Callable[[Any], Any]] = {
 
 
 def _decode_image(
-    data: bytes, output: str, draft: tuple[int, int] | None, max_pixels: int | None, fast_jpeg: bool
+    owner: object,
+    data: bytes,
+    output: str,
+    draft: tuple[int, int] | None,
+    max_pixels: int | None,
+    fast_jpeg: bool,
 ) -> Any:
     if fast_jpeg and output != "pil":
-        pixels = jpeg.rgb(data, draft, max_pixels)
+        # in a worker that collates into its arena, rgb8 images go straight into the batch
+        stager = staging.active() if output == "rgb8" else None
+        into = functools.partial(stager.slot, owner) if stager is not None else None
+        pixels = jpeg.rgb(data, draft, max_pixels, into)
         if pixels is not None:
+            if stager is not None:
+                stager.taken(owner, pixels)
             return _FROM_PIXELS[output](pixels)
     return _FROM_RGB[output](_open_rgb(data, draft, max_pixels))
 
@@ -188,15 +199,15 @@ def decode_pil(data: bytes) -> Any:
 
 
 def decode_rgb8(data: bytes) -> Any:
-    return _decode_image(data, "rgb8", None, DEFAULT_MAX_PIXELS, True)
+    return _decode_image(decode_rgb8, data, "rgb8", None, DEFAULT_MAX_PIXELS, True)
 
 
 def decode_torchrgb8(data: bytes) -> Any:
-    return _decode_image(data, "torchrgb8", None, DEFAULT_MAX_PIXELS, True)
+    return _decode_image(decode_torchrgb8, data, "torchrgb8", None, DEFAULT_MAX_PIXELS, True)
 
 
 def decode_torchrgb(data: bytes) -> Any:
-    return _decode_image(data, "torchrgb", None, DEFAULT_MAX_PIXELS, True)
+    return _decode_image(decode_torchrgb, data, "torchrgb", None, DEFAULT_MAX_PIXELS, True)
 
 
 class ImageDecoder:
@@ -250,7 +261,7 @@ class ImageDecoder:
         )
 
     def __call__(self, data: bytes) -> Any:
-        return _decode_image(data, self.output, self.draft, self.max_pixels, self.fast_jpeg)
+        return _decode_image(self, data, self.output, self.draft, self.max_pixels, self.fast_jpeg)
 
 
 def decode_pickle(data: bytes) -> Any:

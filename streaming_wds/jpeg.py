@@ -16,6 +16,7 @@ Pillow's, as without ``simplejpeg``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 #: The first bytes of every JPEG: start of image, then the next marker's 0xFF.
@@ -48,11 +49,20 @@ def draft_scale(width: int, height: int, draft: tuple[int, int] | None) -> int:
     return next((s for s in (8, 4, 2) if fits >= s), 1)
 
 
-def rgb(data: bytes, draft: tuple[int, int] | None, max_pixels: int | None) -> Any:
+def rgb(
+    data: bytes,
+    draft: tuple[int, int] | None,
+    max_pixels: int | None,
+    into: Callable[[tuple[int, int, int]], Any] | None = None,
+) -> Any:
     """``data``'s pixels as an H x W x 3 ``uint8`` array, equal to ``numpy.asarray`` of
     Pillow's RGB decode of it (at the scale ``draft`` gives Pillow), or ``None`` where Pillow
     must decode it: ``simplejpeg`` missing, not a JPEG, another colour space, more than
-    ``max_pixels`` pixels (Pillow's path raises that error), or anything libjpeg-turbo flags."""
+    ``max_pixels`` pixels (Pillow's path raises that error), or anything libjpeg-turbo flags.
+
+    ``into(shape)``, if given, returns a writable C-contiguous ``uint8`` array of that shape to
+    decode into (the result then views it), or ``None`` for new memory.
+    """
     simplejpeg = _simplejpeg()
     if simplejpeg is None or data[:3] != SOI:
         return None
@@ -67,10 +77,11 @@ def rgb(data: bytes, draft: tuple[int, int] | None, max_pixels: int | None) -> A
         return None
     scale = draft_scale(width, height, draft)
     shape = (-(-height // scale), -(-width // scale), 3)
+    out = into(shape) if into is not None else None
     try:
         if scale == 1:
             pixels = simplejpeg.decode_jpeg(
-                data, colorspace="rgb", fastdct=False, fastupsample=False, strict=True
+                data, colorspace="rgb", fastdct=False, fastupsample=False, strict=True, buffer=out
             )
         else:  # exactly libjpeg's 1/scale: nothing smaller fits, no factor above 1/scale is allowed
             pixels = simplejpeg.decode_jpeg(
@@ -82,6 +93,7 @@ def rgb(data: bytes, draft: tuple[int, int] | None, max_pixels: int | None) -> A
                 min_width=shape[1],
                 min_factor=scale,
                 strict=True,
+                buffer=out,
             )
     except Exception:  # strict: a libjpeg warning (Pillow may still decode it) or an error
         return None

@@ -59,6 +59,8 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     worker only once every view of it is gone, so holding on to a batch is always safe; while
     held batches fill the arena, new tensors go torch's ordinary way. Such tensors equal
     ``default_collate``'s but are not ``is_shared()``; sending one to another process copies it.
+    JPEGs that a schema decodes to ``rgb8`` (through ``simplejpeg``) are decoded straight into
+    the slots of such a tensor, so a batch of them is not copied again (:mod:`streaming_wds.staging`).
 
     With ``num_workers=0`` and no ``collate_fn``, batches are ``default_collate``'s too, with
     numeric arrays stacked by numpy (torch's way warns about the read-only arrays that decoded
@@ -91,8 +93,6 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
     ) -> None:
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
-        if keep_freed_memory and kwargs.get("num_workers", 0) > 0:
-            kwargs["worker_init_fn"] = WorkerInit(kwargs.get("worker_init_fn"))
         self._swds_packing: PackingCollate | None = None
         if kwargs.get("num_workers", 0) == 0 and kwargs.get("collate_fn") is None:
             if kwargs.get("batch_size", 1) is not None:
@@ -105,8 +105,15 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
             inner = given or (default_collate if batched else default_convert)
             arena = max(tensor_memory_bytes, 0) if inner is default_collate and batched else 0
             if shared_memory_bytes > 0 or arena > 0:
-                packing = PackingCollate(inner, max(shared_memory_bytes, 0), arena)
+                size = kwargs.get("batch_size", 1) if arena > 0 else None
+                packing = PackingCollate(inner, max(shared_memory_bytes, 0), arena, size)
                 self._swds_packing = kwargs["collate_fn"] = packing
+        if kwargs.get("num_workers", 0) > 0:
+            made = self._swds_packing
+            start = made.start_worker if made is not None and made.batch_size else None
+            if keep_freed_memory or start is not None:
+                user = kwargs.get("worker_init_fn")
+                kwargs["worker_init_fn"] = WorkerInit(user, tune_malloc=keep_freed_memory, start=start)
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in recent torch: not actionable here
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)

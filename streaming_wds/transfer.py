@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import shm
+from . import shm, staging
 from .arena import INLINE_BYTES, TensorRef, WorkerArena, plain_tensor, worker_arena
 from .collate import arena_collate
 
@@ -277,11 +277,26 @@ class PackingCollate:
     :func:`~streaming_wds.collate.arena_collate` into the worker's arena of that many bytes.
     """
 
-    def __init__(self, collate: Callable[[Any], Any], capacity: int, arena_capacity: int = 0) -> None:
+    def __init__(
+        self,
+        collate: Callable[[Any], Any],
+        capacity: int,
+        arena_capacity: int = 0,
+        batch_size: int | None = None,
+    ) -> None:
         self.collate = collate
         self.capacity = capacity
         self.arena_capacity = arena_capacity
+        self.batch_size = batch_size  # with an arena: images of later batches are staged
         self.token = ""  # set by the loader each time it starts workers
+
+    def start_worker(self) -> None:
+        """In a worker process, before its first sample: make its arena and, with a batch size,
+        the stager that decodes images straight into batch tensors in it."""
+        if self.arena_capacity and self.batch_size:
+            arena = worker_arena(self.token, self.arena_capacity)
+            if arena is not None:
+                staging.activate(arena, self.batch_size)
 
     def __call__(self, samples: Any) -> Any:
         from torch.utils.data import get_worker_info
@@ -291,4 +306,9 @@ class PackingCollate:
         arena = worker_arena(self.token, self.arena_capacity) if self.arena_capacity else None
         if arena is None:
             return pack(self.collate(samples), self.token, self.capacity)
-        return pack(arena_collate(samples, arena), self.token, self.capacity, arena)
+        stager = staging.activate(arena, self.batch_size) if self.batch_size else None
+        try:
+            return pack(arena_collate(samples, arena, stager), self.token, self.capacity, arena)
+        finally:
+            if stager is not None:
+                stager.reset()

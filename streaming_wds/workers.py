@@ -41,12 +41,24 @@ def keep_freed_memory() -> bool:
 
 
 class WorkerInit:
-    """A ``worker_init_fn``: tunes ``malloc`` in the worker, then calls the user's function."""
+    """A ``worker_init_fn``: tunes ``malloc`` in the worker (``tune_malloc``), runs ``start`` (the
+    loader's own set-up of the worker), then calls the user's function."""
 
-    def __init__(self, user: Callable[[int], object] | None) -> None:
+    def __init__(
+        self,
+        user: Callable[[int], object] | None,
+        *,
+        tune_malloc: bool = True,
+        start: Callable[[], object] | None = None,
+    ) -> None:
         self.user = user
+        self.tune_malloc = tune_malloc
+        self.start = start
 
     def __call__(self, worker_id: int) -> None:
-        keep_freed_memory()
+        if self.tune_malloc:
+            keep_freed_memory()
+        if self.start is not None:
+            self.start()
         if self.user is not None:
             self.user(worker_id)

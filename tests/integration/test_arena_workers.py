@@ -181,3 +181,56 @@ def test_persistent_workers_keep_their_arenas_across_epochs(root: Path) -> None:
     del loader, kept
     gc.collect()
     assert arenas() == before
+
+
+# -- images decoded straight into the batch (streaming_wds.staging) ------------------------------
+
+JPEG_NUM = 48
+
+
+@pytest.fixture(scope="module")
+def jpeg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(3)
+    with ShardWriter(path, maxcount=8) as w:
+        for i in range(JPEG_NUM):
+            pixels = rng.integers(0, 256, (36, 52, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "JPEG", quality=85)
+            w.write({"__key__": f"j{i:04d}", "jpg": buf.getvalue(), "cls": str(i)})
+    return path
+
+
+def jpeg_batches(root: Path, schema: Any, **kw: Any) -> dict[str, torch.Tensor]:
+    ds = StreamingWebDataset(
+        root, shuffle=True, seed=2, schema={"jpg": schema, "cls": "int"}, options=StreamOptions(interleave=2)
+    )
+    out: dict[str, torch.Tensor] = {}
+    kept = []
+    for i, b in enumerate(StreamingDataLoader(ds, batch_size=BATCH, **kw)):
+        if i % 3 == 0:
+            kept.append(b)  # held to the end: later batches must not be written over them
+        else:
+            out.update(zip(b["__key__"], b["jpg"], strict=True))
+    for b in kept:
+        out.update(zip(b["__key__"], b["jpg"], strict=True))
+    return out
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("draft", [None, (26, 18)])
+def test_images_decoded_into_their_batch_equal_in_process_ones(
+    jpeg_root: Path, context: str, draft: tuple[int, int] | None
+) -> None:
+    from streaming_wds import ImageDecoder
+
+    schema = ImageDecoder("rgb8", draft=draft) if draft else "rgb8"
+    want = jpeg_batches(jpeg_root, schema, num_workers=0)
+    assert sorted(want) == [f"j{i:04d}" for i in range(JPEG_NUM)]
+    for kw in ({}, {"tensor_memory_bytes": 3 * BATCH * 36 * 52 * 3}):  # roomy; three batches
+        got = jpeg_batches(jpeg_root, schema, num_workers=2, multiprocessing_context=context, **kw)
+        assert sorted(got) == sorted(want)
+        for key, img in want.items():
+            assert got[key].dtype == torch.uint8 and torch.equal(got[key], img), key

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streaming_wds import ShardWriter, StreamingDataLoader, StreamingWebDataset, workers
+from streaming_wds.workers import WorkerInit
 
 _FAULTS = """
 import io, resource, sys
@@ -71,9 +72,12 @@ def test_malloc_can_be_left_alone(tmp_path: Path) -> None:
     with ShardWriter(tmp_path, maxcount=5) as w:
         w.write({"__key__": "k", "txt": "x"})
     ds = StreamingWebDataset(tmp_path)
-    assert StreamingDataLoader(ds, num_workers=1, keep_freed_memory=False).worker_init_fn is None
-    assert (
-        StreamingDataLoader(ds, num_workers=1, worker_init_fn=_mark, keep_freed_memory=False).worker_init_fn
-        is _mark
-    )
+    plain = {"keep_freed_memory": False, "tensor_memory_bytes": 0}  # nothing to set up in workers
+    assert StreamingDataLoader(ds, num_workers=1, **plain).worker_init_fn is None
+    assert StreamingDataLoader(ds, num_workers=1, worker_init_fn=_mark, **plain).worker_init_fn is _mark
     assert StreamingDataLoader(ds, num_workers=0).worker_init_fn is None
+    # with an arena, workers start it (and its image stager) but leave malloc alone
+    loader = StreamingDataLoader(ds, num_workers=1, worker_init_fn=_mark, keep_freed_memory=False)
+    init = loader.worker_init_fn
+    assert isinstance(init, WorkerInit) and not init.tune_malloc and init.user is _mark
+    assert init.start is not None
