@@ -234,3 +234,15 @@ def test_images_decoded_into_their_batch_equal_in_process_ones(
         assert sorted(got) == sorted(want)
         for key, img in want.items():
             assert got[key].dtype == torch.uint8 and torch.equal(got[key], img), key
+
+
+def test_resume_with_staged_images_is_exact(jpeg_root: Path) -> None:
+    def make_loader() -> StreamingDataLoader:
+        ds = StreamingWebDataset(
+            jpeg_root, shuffle=True, seed=4, schema={"jpg": "rgb8"}, options=StreamOptions(interleave=2)
+        )
+        return StreamingDataLoader(ds, batch_size=BATCH, num_workers=2, persistent_workers=True)
+
+    ref = reference(make_loader)
+    for cut in (0, 3, "end"):
+        check_resume(make_loader, cut, ref)
