@@ -287,7 +287,7 @@ class PackingCollate:
         self.collate = collate
         self.capacity = capacity
         self.arena_capacity = arena_capacity
-        self.batch_size = batch_size  # with an arena: images of later batches are staged
+        self.batch_size = batch_size  # with an arena: rgb8 JPEGs are decoded into batch tensors
         self.token = ""  # set by the loader each time it starts workers
 
     def start_worker(self) -> None:
