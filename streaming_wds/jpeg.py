@@ -78,23 +78,18 @@ def rgb(
     scale = draft_scale(width, height, draft)
     shape = (-(-height // scale), -(-width // scale), 3)
     out = into(shape) if into is not None else None
-    try:
-        if scale == 1:
-            pixels = simplejpeg.decode_jpeg(
-                data, colorspace="rgb", fastdct=False, fastupsample=False, strict=True, buffer=out
-            )
-        else:  # exactly libjpeg's 1/scale: nothing smaller fits, no factor above 1/scale is allowed
-            pixels = simplejpeg.decode_jpeg(
-                data,
-                colorspace="rgb",
-                fastdct=False,
-                fastupsample=False,
-                min_height=shape[0],
-                min_width=shape[1],
-                min_factor=scale,
-                strict=True,
-                buffer=out,
-            )
+    try:  # exactly libjpeg's 1/scale: nothing smaller fits, no factor above 1/scale is allowed
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="rgb",
+            fastdct=False,
+            fastupsample=False,
+            min_height=shape[0],
+            min_width=shape[1],
+            min_factor=scale,
+            strict=True,
+            buffer=out,
+        )
     except Exception:  # strict: a libjpeg warning (Pillow may still decode it) or an error
         return None
     return pixels if pixels.shape == shape else None
