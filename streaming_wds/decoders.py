@@ -137,24 +137,6 @@ def _rgb8_of(img: Any) -> Any:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _torchrgb8_of(img: Any) -> Any:
-    import torch
-
-    return torch.from_numpy(_rgb8_of(img).copy()).permute(2, 0, 1).contiguous()
-
-
-def _torchrgb_of(img: Any) -> Any:
-    return _torchrgb8_of(img).float().div_(255.0)
-
-
-_FROM_RGB: dict[str, Callable[[Any], Any]] = {
-    "pil": lambda img: img,
-    "rgb8": _rgb8_of,
-    "torchrgb8": _torchrgb8_of,
-    "torchrgb": _torchrgb_of,
-}
-
-
 def _read_only(pixels: Any) -> Any:
     pixels.flags.writeable = False  # as an array over Pillow's bytes is: the same either way
     return pixels
@@ -166,11 +148,23 @@ def _torchrgb8_from(pixels: Any) -> Any:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-# The same outputs from an H x W x 3 uint8 array of the decoder's own (jpeg.rgb's)
+def _torchrgb_from(pixels: Any) -> Any:
+    return _torchrgb8_from(pixels).float().div_(255.0)
+
+
+# The outputs from a writable H x W x 3 uint8 array of the decoder's own (jpeg.rgb's)
 _FROM_PIXELS: dict[str, Callable[[Any], Any]] = {
     "rgb8": _read_only,
     "torchrgb8": _torchrgb8_from,
-    "torchrgb": lambda pixels: _torchrgb8_from(pixels).float().div_(255.0),
+    "torchrgb": _torchrgb_from,
+}
+
+# The outputs from an RGB PIL image (its array views Pillow's bytes: torch gets a copy)
+_FROM_RGB: dict[str, Callable[[Any], Any]] = {
+    "pil": lambda img: img,
+    "rgb8": _rgb8_of,
+    "torchrgb8": lambda img: _torchrgb8_from(_rgb8_of(img).copy()),
+    "torchrgb": lambda img: _torchrgb_from(_rgb8_of(img).copy()),
 }
 
 
