@@ -94,23 +94,23 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
         if not isinstance(dataset, StreamingWebDataset):
             raise TypeError(f"StreamingDataLoader needs a StreamingWebDataset, got {type(dataset).__name__}")
         self._swds_packing: PackingCollate | None = None
-        if kwargs.get("num_workers", 0) == 0 and kwargs.get("collate_fn") is None:
-            if kwargs.get("batch_size", 1) is not None:
-                kwargs["collate_fn"] = stacked_collate  # default_collate's batches, no warning
-        elif kwargs.get("num_workers", 0) > 0:
+        workers = kwargs.get("num_workers", 0)
+        batch_size = kwargs.get("batch_size", 1)
+        given = kwargs.get("collate_fn")
+        if workers == 0 and given is None and batch_size is not None:
+            kwargs["collate_fn"] = stacked_collate  # default_collate's batches, no warning
+        if workers > 0:
             from torch.utils.data import default_collate, default_convert
 
-            batched = kwargs.get("batch_size", 1) is not None
-            given = kwargs.get("collate_fn")
-            inner = given or (default_collate if batched else default_convert)
-            arena = max(tensor_memory_bytes, 0) if inner is default_collate and batched else 0
+            inner = given or (default_collate if batch_size is not None else default_convert)
+            batched = batch_size is not None and inner is default_collate
+            arena = max(tensor_memory_bytes, 0) if batched else 0
             if shared_memory_bytes > 0 or arena > 0:
-                size = kwargs.get("batch_size", 1) if arena > 0 else None
-                packing = PackingCollate(inner, max(shared_memory_bytes, 0), arena, size)
-                self._swds_packing = kwargs["collate_fn"] = packing
-        if kwargs.get("num_workers", 0) > 0:
-            made = self._swds_packing
-            start = made.start_worker if made is not None and made.batch_size else None
+                size = batch_size if arena > 0 else None
+                made = PackingCollate(inner, max(shared_memory_bytes, 0), arena, size)
+                self._swds_packing = kwargs["collate_fn"] = made
+            packing = self._swds_packing
+            start = packing.start_worker if packing is not None and packing.batch_size else None
             if keep_freed_memory or start is not None:
                 user = kwargs.get("worker_init_fn")
                 kwargs["worker_init_fn"] = WorkerInit(user, tune_malloc=keep_freed_memory, start=start)
