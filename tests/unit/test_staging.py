@@ -9,6 +9,7 @@ import os
 import pickle
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -32,20 +33,27 @@ B = 4
 _made = iter(range(10**9))
 
 
+@contextmanager
+def active_stager(capacity: int, batch_size: int) -> Iterator[staging.Stager]:
+    """An active stager over a fresh arena of ``capacity`` bytes, as a worker's collate function
+    makes it; both are gone afterwards (no other test decodes into it)."""
+    token = f"test-stage-{os.getpid()}-{next(_made)}"
+    worker = arena.worker_arena(token, capacity)
+    assert worker is not None
+    try:
+        yield staging.activate(worker, batch_size)
+    finally:
+        staging._active = None
+        gc.collect()
+        arena._arenas.pop((token, os.getpid()))
+        worker.unlink()
+        arena.forget_arenas(token)
+
+
 @pytest.fixture
 def stager() -> Iterator[staging.Stager]:
-    """An active stager over a fresh arena, as a worker's collate function makes it; both are
-    gone afterwards (no other test decodes into it)."""
-    token = f"test-stage-{os.getpid()}-{next(_made)}"
-    worker = arena.worker_arena(token, 16 * MB)
-    assert worker is not None
-    made = staging.activate(worker, B)
-    yield made
-    staging._active = None
-    gc.collect()
-    arena._arenas.pop((token, os.getpid()))
-    worker.unlink()
-    arena.forget_arenas(token)
+    with active_stager(16 * MB, B) as made:
+        yield made
 
 
 JPEGS = [encoded(photo(40, 30, seed), "420", 90) for seed in range(12)]
@@ -155,22 +163,12 @@ def test_a_decoder_whose_images_are_never_claimed_stops_staging(stager: staging.
 
 
 def test_without_room_in_the_arena_images_decode_to_ordinary_memory() -> None:
-    token = f"test-stage-small-{os.getpid()}"
-    worker = arena.worker_arena(token, 64 * 1024)  # less than a batch of 32 40x30 images
-    assert worker is not None
-    try:
-        small = staging.activate(worker, 32)
+    with active_stager(64 * 1024, 32) as small:  # less than a batch of 32 40x30 images
         assert small.slot(object(), (30, 40, 3)) is None
         decode = ImageDecoder("rgb8")
         rows = [{"jpg": decode(JPEGS[i % len(JPEGS)])} for i in range(32)]
         assert all(np.array_equal(r["jpg"], pillow(JPEGS[i % len(JPEGS)])) for i, r in enumerate(rows))
-        assert not worker.regions
-    finally:
-        staging._active = None
-        gc.collect()
-        arena._arenas.pop((token, os.getpid()))
-        worker.unlink()
-        arena.forget_arenas(token)
+        assert not small.arena.regions
 
 
 def test_only_rgb8_is_staged_and_only_in_a_process_that_activated_it(stager: staging.Stager) -> None:
@@ -190,32 +188,25 @@ def test_staged_images_and_batches_held_anywhere_keep_their_pixels(
     """Batches collated from staged images, sent or not; some batches and some of the decoded
     arrays kept (by the 'main process' and by 'user code' in the worker), others dropped: every
     kept one keeps its pixels while the arena's regions are reused."""
-    token = f"test-stage-held-{os.getpid()}"
-    worker = arena.worker_arena(token, 4 * MB)
-    assert worker is not None
-    stager = staging.activate(worker, B)
     decode = ImageDecoder("rgb8")
     kept: list[tuple[int, Any]] = []
-    try:
-        for i, (keep_batch, keep_image, drop) in enumerate(ops):
-            if kept and drop < len(kept):
-                kept.pop(drop)
-                gc.collect()
-            rows = samples(decode, i)
-            batch = send(arena_collate(rows, worker, stager), worker)
-            stager.reset()
-            if keep_batch:
-                kept.append((i, batch["jpg"]))
-            if keep_image:
-                kept.append((i + 1, rows[1]["jpg"][None]))
-            del batch, rows
-            for first, imgs in kept:
-                for j in range(len(imgs)):
-                    assert np.array_equal(np.asarray(imgs[j]), pillow(JPEGS[(first + j) % len(JPEGS)]))
-    finally:
-        del kept
-        staging._active = None
-        gc.collect()
-        arena._arenas.pop((token, os.getpid()))
-        worker.unlink()
-        arena.forget_arenas(token)
+    with active_stager(4 * MB, B) as stager:
+        worker = stager.arena
+        try:
+            for i, (keep_batch, keep_image, drop) in enumerate(ops):
+                if kept and drop < len(kept):
+                    kept.pop(drop)
+                    gc.collect()
+                rows = samples(decode, i)
+                batch = send(arena_collate(rows, worker, stager), worker)
+                stager.reset()
+                if keep_batch:
+                    kept.append((i, batch["jpg"]))
+                if keep_image:
+                    kept.append((i + 1, rows[1]["jpg"][None]))
+                del batch, rows
+                for first, imgs in kept:
+                    for j in range(len(imgs)):
+                        assert np.array_equal(np.asarray(imgs[j]), pillow(JPEGS[(first + j) % len(JPEGS)]))
+        finally:
+            kept.clear()
