@@ -70,14 +70,19 @@ def split_dir(root: Path) -> Path:
     return root / BUCKET / PREFIX / SPLIT
 
 
+def is_written(root: Path, spec: DataSpec) -> bool:
+    """Whether ``root`` holds the dataset of ``spec`` (its stamp says so)."""
+    stamp = split_dir(root) / ".spec.json"
+    return stamp.exists() and json.loads(stamp.read_text()) == asdict(spec)
+
+
 def ensure_dataset(root: Path, spec: DataSpec) -> Path:
     """Write the dataset under ``root`` unless the same spec is already there; its split folder."""
+    out = split_dir(root)
+    if is_written(root, spec):
+        return out
     from streaming_wds import ShardWriter
 
-    out = split_dir(root)
-    stamp = out / ".spec.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == asdict(spec):
-        return out
     if out.exists():
         for old in out.iterdir():
             old.unlink()
@@ -86,9 +91,20 @@ def ensure_dataset(root: Path, spec: DataSpec) -> Path:
     with ShardWriter(str(out), maxcount=spec.per_shard, maxsize=10**12, pattern="shard-%06d.tar") as w:
         for i in range(spec.samples):
             w.write(sample(i, pool))
-    stamp.write_text(json.dumps(asdict(spec)))
+    (out / ".spec.json").write_text(json.dumps(asdict(spec)))
     return out
 
 
 def shard_files(root: Path) -> list[Path]:
     return sorted(split_dir(root).glob("*.tar"))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="write the benchmark dataset unless it is there")
+    p.add_argument("root", type=Path)
+    p.add_argument("--shards", type=int, default=DataSpec.shards)
+    p.add_argument("--per-shard", type=int, default=DataSpec.per_shard)
+    a = p.parse_args()
+    ensure_dataset(a.root, DataSpec(shards=a.shards, per_shard=a.per_shard))

@@ -41,7 +41,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_data import BUCKET, PREFIX, SPLIT, DataSpec, ensure_dataset, shard_files  # noqa: E402
+from bench_data import BUCKET, PREFIX, SPLIT, DataSpec, is_written, shard_files  # noqa: E402
 from proctree import tree_resident  # noqa: E402
 
 DEFAULT_LOADERS = "swds,swds_draft,naive,wds_curl,wds_boto3,swds01,mosaic,litdata_peer"
@@ -207,8 +207,12 @@ def drop_page_cache(files: list[Path]) -> None:
     pages as resident: importing torch and boto3 showed 137 MB of file-backed RSS in a fresh
     environment against 77 MB in one installed earlier, and 77 MB in both after the cache was
     dropped. Without this, whichever loaders' environments are newest look 60 MB heavier per
-    process.
+    process. Pages a process maps are not dropped, so this process must not have imported those
+    libraries (it writes the dataset in a child process for that reason).
     """
+    heavy = sorted(m for m in ("torch", "numpy", "PIL", "boto3", "streaming_wds") if m in sys.modules)
+    if heavy:
+        raise RuntimeError(f"cannot drop the page cache of libraries this process maps: {heavy}")
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
@@ -246,7 +250,20 @@ def main() -> None:
 
     spec = DataSpec(shards=args.shards, per_shard=args.per_shard)
     t0 = time.perf_counter()
-    ensure_dataset(args.data, spec)
+    if not is_written(args.data, spec):
+        # In a child process: this one must not map torch, NumPy or Pillow (see drop_page_cache).
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "bench_data.py"),
+                str(args.data),
+                "--shards",
+                str(args.shards),
+                "--per-shard",
+                str(args.per_shard),
+            ],
+            check=True,
+        )
     files = shard_files(args.data)
     total = sum(f.stat().st_size for f in files)
     keys = spec.keys()
