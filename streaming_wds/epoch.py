@@ -78,7 +78,7 @@ class EpochSpec:
 
 
 class _Slot:
-    """An open shard: its parser, the current block of samples and its permutation."""
+    """An open shard: its parser and what is left of the current block, in hand-out order."""
 
     def __init__(
         self,
@@ -95,31 +95,42 @@ class _Slot:
         self.samples = SampleReader(TarReader(reader, info.url, max_member_bytes=max_member_bytes))
         self.delivered = delivered
         self.block_offset = block_offset
-        self.block: list[RawSample] = []
-        self.order: list[int] = []
-        self.pos = 0
+        # The block's samples not handed out yet, the next one last: a sample handed out is no
+        # longer held here, so a worker keeps about half of ``interleave * shuffle_block``.
+        self.pending: list[RawSample] = []
+        self.block_size = 0
         self.broken: DataError | None = None
+
+    @property
+    def pos(self) -> int:
+        """Samples of the current block handed out."""
+        return self.block_size - len(self.pending)
 
     def load_block(self, size: int, permute_seed: int | None) -> None:
         self.block_offset = self.samples.next_offset
-        self.block, self.pos = [], 0
+        self.pending, self.block_size = [], 0
+        block: list[RawSample] = []
         try:
-            while len(self.block) < size:
+            while len(block) < size:
                 sample = self.samples.next_sample()
                 if sample is None:
                     break
-                self.block.append(sample)
+                block.append(sample)
         except DataError as exc:  # a corrupt, truncated, changed or vanished shard
             self.broken = exc  # surfaces after the good samples before it are handed out
-        self.order = list(range(len(self.block)))
+        order = list(range(len(block)))
         if permute_seed is not None:
-            random.Random(permute_seed).shuffle(self.order)
+            random.Random(permute_seed).shuffle(order)
+        self.pending = [block[i] for i in reversed(order)]
+        self.block_size = len(block)
+
+    def skip(self, n: int) -> None:
+        """Drop the next ``n`` samples of the block (handed out before a checkpoint)."""
+        del self.pending[max(len(self.pending) - n, 0) :]
 
     def take(self) -> RawSample:
-        sample = self.block[self.order[self.pos]]
-        self.pos += 1
         self.delivered += 1
-        return sample
+        return self.pending.pop()
 
 
 class EpochStream:
@@ -202,7 +213,7 @@ class EpochStream:
             for slot, s in zip(self._slots, state.slots, strict=True):
                 if slot is not None and s is not None:
                     slot.load_block(self.spec.options.shuffle_block, self._permute_seed(slot))
-                    slot.pos = min(s.block_pos, len(slot.block))
+                    slot.skip(s.block_pos)
 
     def _reopen(self, s: SlotState) -> _Slot:
         """The slot of ``s``, its shard opened at the block's offset; its block is loaded later."""
@@ -251,7 +262,7 @@ class EpochStream:
             j = active[int(self._draw() * len(active))] if len(active) > 1 else active[0]
             slot = self._slots[j]
             assert slot is not None
-            if slot.pos == len(slot.block) and not self._advance(slot):
+            if not slot.pending and not self._advance(slot):
                 self._slots[j] = self._open_next()
                 self._top_up_prefetch()
                 continue
@@ -261,7 +272,7 @@ class EpochStream:
         """Load the slot's next block; False when its shard is done (or broken and skipped)."""
         if slot.broken is None:
             slot.load_block(self.spec.options.shuffle_block, self._permute_seed(slot))
-            if slot.block:
+            if slot.pending:
                 return True
             if slot.broken is None:
                 try:
