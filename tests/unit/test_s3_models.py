@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from streaming_wds.storage.s3_models import (
     ENDPOINT_SERVICES,
     _MsgspecFileLoader,
     botocore_session,
+    decode,
+    slim,
 )
 
 
@@ -75,6 +78,25 @@ def test_endpoints_keep_every_partition_and_region_and_only_the_needed_services(
         k: v for k, v in stock.items() if k != "partitions"
     }
     assert ours.load_data("partitions") == theirs.load_data("partitions")
+    # in botocore's order too (dicts compare equal in any order)
+    assert [list(p) for p in slim["partitions"]] == [list(p) for p in stock["partitions"]]
+    assert [list(p["services"]) for p in slim["partitions"]] == [
+        [k for k in p["services"] if k in ENDPOINT_SERVICES] for p in stock["partitions"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"partitions": [{"partition": "p", "services": {"ec2": {"x": 1}, "s3": {"y": [2]}}}], "v": 3}',
+        b'{"version": 3}',
+        b'{"partitions": {"p": 1}}',  # not a list: decoded whole, left as it is
+        b'{"partitions": [1, {"services": {"s3": {}}}]}',  # an element that is not an object
+        b'{"partitions": [{"services": [1, 2]}]}',  # services not an object
+    ],
+)
+def test_endpoints_of_any_shape_decode_as_a_whole_decode_then_slim_would(text: bytes) -> None:
+    assert decode("endpoints", text) == slim("endpoints", json.loads(text))
 
 
 @pytest.mark.parametrize(
