@@ -18,6 +18,7 @@ Restoring a state taken after an epoch ended starts the next epoch (a plain
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import warnings
 import weakref
@@ -30,7 +31,7 @@ from .collate import stacked_collate
 from .dataset import StreamingWebDataset
 from .errors import CheckpointError
 from .transfer import PackingCollate, forget_rings
-from .workers import WorkerInit
+from .workers import WorkerInit, release_free_memory
 from .world import distributed_rank_world
 
 FORMAT_KEY = "streaming_wds"
@@ -148,6 +149,8 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
 
     def _get_iterator(self) -> Any:
         self._prepare()
+        if self.num_workers > 0 and self._start_method() == "fork":
+            release_free_memory()  # forked workers would start with it (see workers.py)
         packing = self._swds_packing
         if packing is not None:  # new workers: new rings
             packing.token = f"{os.getpid()}-{id(self):x}-{next(_tokens)}"
@@ -156,6 +159,13 @@ class StreamingDataLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdat
             weakref.finalize(iterator, forget_rings, packing.token)
             weakref.finalize(iterator, forget_arenas, packing.token)
         return iterator
+
+    def _start_method(self) -> str | None:
+        ctx = self.multiprocessing_context
+        if ctx is not None:
+            return str(ctx.get_start_method())
+        # the method fixed already, or the platform's default (first), without fixing it here
+        return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
 
     def __iter__(self) -> Any:
         if self._initial_iter_for_state_dict:

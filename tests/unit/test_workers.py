@@ -81,3 +81,33 @@ def test_malloc_can_be_left_alone(tmp_path: Path) -> None:
     init = loader.worker_init_fn
     assert isinstance(init, WorkerInit) and not init.tune_malloc and init.user is _mark
     assert init.start is not None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_free_memory_can_be_given_back() -> None:
+    assert workers.release_free_memory()
+
+
+@pytest.mark.parametrize(("context", "trims"), [("fork", 2), ("spawn", 0)])
+def test_free_memory_goes_back_before_workers_are_forked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: str, trims: int
+) -> None:
+    # forked workers would start with the main process's free pages; spawned ones do not
+    import streaming_wds.loader as loader_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(loader_module, "release_free_memory", lambda: calls.append(1) or True)
+    with ShardWriter(tmp_path, maxcount=5) as w:
+        for i in range(10):
+            w.write({"__key__": f"k{i}", "txt": "x"})
+    loader = StreamingDataLoader(
+        StreamingWebDataset(tmp_path), batch_size=5, num_workers=1, multiprocessing_context=context
+    )
+    for _ in range(2):  # each epoch starts new workers
+        assert sum(len(b["__key__"]) for b in loader) == 10
+    assert len(calls) == trims
+    assert StreamingDataLoader(StreamingWebDataset(tmp_path), batch_size=5).num_workers == 0
+    assert (
+        sum(len(b["__key__"]) for b in StreamingDataLoader(StreamingWebDataset(tmp_path), batch_size=5)) == 10
+    )
+    assert len(calls) == trims  # no workers, nothing to fork
