@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .keys import ShardKeys
 from .tar import Member, TarReader, shown
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class SampleReader:
         self.tar = tar
         self._pending: Member | None = None
         self._pending_parts: tuple[str, str] | None = None  # split_name of the pending member
-        self._seen: dict[str, int] = {}  # key -> offset of its first sample in this shard
+        self._seen = ShardKeys()  # offset of the first sample of each key in this shard
 
     @property
     def next_offset(self) -> int:
@@ -112,7 +113,7 @@ class SampleReader:
         key, name = parts
         sample = RawSample(key=key, offset=member.offset, fields={name: member.data})
         sample.error = path_problem(member.name)  # the sample's other members share its directory
-        first = self._seen.setdefault(key, member.offset)
+        first = self._seen.first(key, member.offset)
         if first != member.offset and sample.error is None:
             sample.error = (
                 f"key {shown(key)} already appeared at byte {first} in this shard; "
