@@ -21,6 +21,7 @@ import ctypes
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +30,33 @@ TRIM_THRESHOLD = 32 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
 
-def _glibc() -> ctypes.CDLL | None:
+def _glibc_function(name: str, argtypes: list[Any], restype: Any) -> Any:
+    """glibc's function ``name`` with its C signature set, or ``None`` off glibc (musl has a
+    ``mallopt`` that does nothing) or where it lacks one."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None)
-    if not hasattr(libc, "gnu_get_libc_version"):
-        return None  # not glibc (musl has a mallopt that does nothing)
-    return libc
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, name):
+        return None
+    function = getattr(libc, name)
+    function.argtypes, function.restype = argtypes, restype
+    return function
 
 
 def release_free_memory() -> bool:
     """Return the free memory glibc's ``malloc`` holds to the kernel; whether it was done."""
-    libc = _glibc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
+    trim = _glibc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+    if trim is None:
         return False
-    trim = libc.malloc_trim
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)  # returns whether memory was released, which is not a failure either way
     return True
 
 
 def keep_freed_memory() -> bool:
     """Tune this process's glibc ``malloc`` as the module docstring says; whether it was done."""
-    libc = _glibc()
-    if libc is None or not hasattr(libc, "mallopt"):
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    if mallopt is None:
         return False
-    mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     done: bool = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     done = done and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     if not done:
