@@ -85,14 +85,15 @@ class _Table:
 class ShardKeys:
     """First offsets of the keys of one shard, in the order they are read."""
 
-    __slots__ = ("_ascending", "_dict", "_last", "_sorted", "_table")
+    __slots__ = ("_ascending", "_dict", "_last", "_table")
 
     def __init__(self) -> None:
         self._ascending = _Keys()  # the keys read while every key was greater than the last
         self._last = b""  # the greatest of them
-        self._sorted = True  # no key so far was out of order
-        self._dict: dict[bytes, int] = {}  # the keys since, until there are DICT_KEYS of them
-        self._table: _Table | None = None  # then all of those
+        # The keys since the first out of order: none while the keys ascend, so both empty
+        # means the shard is sorted so far.
+        self._dict: dict[bytes, int] = {}  # until there are DICT_KEYS of them
+        self._table: _Table | None = None  # then all of them
 
     def first(self, key: str, offset: int) -> int:
         """The offset of the first sample with ``key``: ``offset`` if the key is new, which is
@@ -100,7 +101,7 @@ class ShardKeys:
         # UTF-8 orders as code points do; surrogatepass keeps keys from undecodable names apart
         data = key.encode("utf-8", "surrogatepass")
         if data > self._last:
-            if self._sorted:
+            if not self._dict and self._table is None:  # sorted so far
                 self._ascending.add(data, offset)
                 self._last = data
                 return offset
@@ -108,7 +109,6 @@ class ShardKeys:
             at = self._find(data)
             if at >= 0:
                 return self._ascending.offsets[at]
-            self._sorted = False
         if self._table is not None:
             return self._table.first(data, offset)
         first = self._dict.setdefault(data, offset)
@@ -123,10 +123,10 @@ class ShardKeys:
         """Index of ``key`` among the ascending keys, or -1."""
         data, ends = self._ascending.data, self._ascending.ends
         lo, hi = 0, len(ends)
-        while lo < hi:  # the first key >= key
+        while lo < hi:  # the first key >= key (the slice inlined: _Keys.key costs a call a step)
             mid = (lo + hi) // 2
             if data[ends[mid - 1] if mid else 0 : ends[mid]] < key:
                 lo = mid + 1
             else:
                 hi = mid
-        return lo if lo < len(ends) and data[ends[lo - 1] if lo else 0 : ends[lo]] == key else -1
+        return lo if lo < len(ends) and self._ascending.key(lo) == key else -1
